@@ -1,0 +1,318 @@
+"""Every ffmpeg command the renderer and compositor issue, built with ffmpeg-python.
+
+Each clip is rendered at its *generation* rate and size (the plan's target fps and
+resolution tier) and conformed in the same encode to the episode's *delivery* format
+(size, fps, codec settings). All clips therefore share one codec configuration, and the
+composite is a stream copy through the concat demuxer instead of a re-encode.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg  # ffmpeg-python
+
+from anime_pipeline.media import ffmpeg as ff
+
+# One codec configuration for every delivered clip (required for a concat `-c copy`).
+VIDEO_CODEC_ARGS = {
+    "c:v": "libx264",
+    "preset": "veryfast",
+    "crf": 20,
+    "pix_fmt": "yuv420p",
+    "profile:v": "high",
+    "bf": 0,  # no B-frames: no edit lists, exact durations, clean concat
+    "video_track_timescale": 90000,
+    "movflags": "+faststart",
+}
+
+
+THUMB_WIDTH = 320
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The episode's delivery format."""
+
+    width: int
+    height: int
+    fps: float
+
+    @property
+    def rate(self) -> Fraction:
+        return fps_fraction(self.fps)
+
+    def frames_for(self, duration_ms: int) -> int:
+        return max(1, round(Fraction(duration_ms, 1000) * self.rate))
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The rate and size a backend generates at (from the compute plan)."""
+
+    width: int
+    height: int
+    fps: float
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """24 -> 24/1, 23.976 -> 24000/1001, 29.97 -> 30000/1001."""
+    for base in (24, 30, 60, 120):
+        ntsc = Fraction(base * 1000, 1001)
+        if abs(float(ntsc) - fps) < 0.005:
+            return ntsc
+    return Fraction(fps).limit_denominator(1000)
+
+
+@contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``final``; rename it over ``final`` only on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}",
+                               dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _compile(stream: ffmpeg.nodes.OutputStream) -> list[str]:
+    # ffmpeg-python builds the argument list; ff.run supplies the binary and -y/-nostdin.
+    return list(ffmpeg.get_args(stream))
+
+
+def _conform(video: ffmpeg.nodes.FilterableStream, delivery: Delivery, frames: int):
+    """Generation-rate stream -> delivery fps and size, exactly ``frames`` frames."""
+    return (
+        video.filter("fps", fps=str(delivery.rate))
+        .filter("scale", delivery.width, delivery.height, flags="bicubic")
+        .filter("setsar", "1")
+        # hold the last frame if the source runs short; -frames:v cuts the surplus
+        .filter("tpad", stop_mode="clone", stop=frames)
+        .filter("format", "yuv420p")
+    )
+
+
+def _encode(video, out: Path, delivery: Delivery, frames: int,
+            thumbnail: Path | None = None) -> list[str]:
+    """Encode to ``out``; with ``thumbnail``, also write the middle frame as a small JPEG
+    from the same decode (a second output, no second ffmpeg run)."""
+    if thumbnail is None:
+        return _compile(ffmpeg.output(
+            video, str(out), r=str(delivery.rate), **{"frames:v": frames}, an=None, f="mp4",
+            **VIDEO_CODEC_ARGS,
+        ))
+    split = video.split()
+    main, side = split[0], split[1]
+    thumb = (side.filter("select", f"eq(n,{frames // 2})")
+             .filter("scale", THUMB_WIDTH, -2))
+    return _compile(ffmpeg.merge_outputs(
+        ffmpeg.output(main, str(out), r=str(delivery.rate), **{"frames:v": frames}, an=None,
+                      f="mp4", **VIDEO_CODEC_ARGS),
+        ffmpeg.output(thumb, str(thumbnail), vframes=1, f="image2", c="mjpeg", q=5),
+    ))
+
+
+# --------------------------------------------------------------------------- camera moves
+
+
+def _camera_expressions(move: str, strength: float, n: int, gen: Generation) -> dict[str, str]:
+    """zoompan z/x/y expressions for a camera move over ``n`` generated frames.
+
+    ``on`` is the output frame number; progress p goes 0 -> 1 across the shot.
+    """
+    s = max(0.0, min(1.0, strength))
+    p = f"(on/{max(1, n - 1)})"
+    zoom = 1 + 0.35 * s  # how far a push/pull travels
+    margin = 1 + 0.25 * s  # zoom used for pans/tilts/shake so there is room to move
+    cx, cy = "(iw/2-(iw/zoom/2))", "(ih/2-(ih/zoom/2))"
+    if move == "push_in":
+        return {"z": f"1+{zoom - 1:.4f}*{p}", "x": cx, "y": cy}
+    if move == "pull_out":
+        return {"z": f"{zoom:.4f}-{zoom - 1:.4f}*{p}", "x": cx, "y": cy}
+    if move in ("pan_left", "pan_right"):
+        travel = f"(iw-iw/zoom)*{p}" if move == "pan_right" else f"(iw-iw/zoom)*(1-{p})"
+        return {"z": f"{margin:.4f}", "x": travel, "y": cy}
+    if move in ("tilt_up", "tilt_down"):
+        travel = f"(ih-ih/zoom)*{p}" if move == "tilt_down" else f"(ih-ih/zoom)*(1-{p})"
+        return {"z": f"{margin:.4f}", "x": cx, "y": travel}
+    if move == "shake":
+        amp = 0.5  # fraction of the free margin used by the shake
+        return {
+            "z": f"{margin:.4f}",
+            "x": f"{cx}*(1+{amp}*sin(on*2.1)*cos(on*0.7))",
+            "y": f"{cy}*(1+{amp}*sin(on*1.7+1))",
+        }
+    return {"z": "1", "x": cx, "y": cy}
+
+
+def animatic_args(
+    keyframe: Path, out: Path, *, duration_ms: int, move: str, strength: float,
+    gen: Generation, delivery: Delivery, thumbnail: Path | None = None,
+) -> list[str]:
+    """Keyframe + camera move at the generation rate/size, conformed to delivery."""
+    n_gen = max(2, round(duration_ms * gen.fps / 1000))
+    frames = delivery.frames_for(duration_ms)
+    # Upscale the still 2x over the generation size first: zoompan positions on integer
+    # pixels, and the extra resolution keeps slow moves from stepping visibly.
+    work_w, work_h = gen.width * 2, gen.height * 2
+    still = (
+        ffmpeg.input(str(keyframe))
+        .filter("scale", work_w, work_h, force_original_aspect_ratio="increase")
+        .filter("crop", work_w, work_h)
+    )
+    expr = _camera_expressions(move, strength, n_gen, gen)
+    moving = still.filter(
+        "zoompan", z=expr["z"], x=expr["x"], y=expr["y"], d=n_gen,
+        s=f"{gen.width}x{gen.height}", fps=gen.fps,
+    )
+    return _encode(_conform(moving, delivery, frames), out, delivery, frames, thumbnail)
+
+
+def source_clip_args(
+    uri: str, out: Path, *, in_ms: int, duration_ms: int, gen: Generation, delivery: Delivery,
+    thumbnail: Path | None = None,
+) -> list[str]:
+    """Cut ``duration_ms`` at ``in_ms`` from a file or http(s) MP4/HLS; keep only the cut."""
+    frames = delivery.frames_for(duration_ms)
+    src = ffmpeg.input(uri, ss=f"{in_ms / 1000:.3f}", t=f"{duration_ms / 1000:.3f}")
+    video = (
+        src.video.filter("fps", fps=gen.fps)
+        .filter("scale", gen.width, gen.height, force_original_aspect_ratio="decrease")
+        .filter("pad", gen.width, gen.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
+    )
+    return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail)
+
+
+def find_font() -> str | None:
+    """A TrueType font for drawtext (None when the machine has none)."""
+    env = os.environ.get("ANIME_PIPELINE_FONT")
+    if env and Path(env).is_file():
+        return env
+    for candidate in (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+        "/Library/Fonts/Arial.ttf",
+        "C:/Windows/Fonts/arial.ttf",
+    ):
+        if Path(candidate).is_file():
+            return candidate
+    fc = shutil.which("fc-match")
+    if fc:
+        import subprocess
+
+        out = subprocess.run([fc, "-f", "%{file}", "sans"], capture_output=True, text=True)
+        if out.returncode == 0 and Path(out.stdout.strip()).is_file():
+            return out.stdout.strip()
+    return None
+
+
+def placeholder_args(
+    out: Path, text_file: Path, *, duration_ms: int, delivery: Delivery,
+    thumbnail: Path | None = None,
+) -> list[str]:
+    """A slate at the delivery format: dark card, the text of ``text_file`` centred."""
+    frames = delivery.frames_for(duration_ms)
+    video = ffmpeg.input(
+        f"color=c=0x2b2b3a:s={delivery.width}x{delivery.height}:r={delivery.rate}",
+        f="lavfi", t=f"{duration_ms / 1000 + 1:.3f}",
+    )
+    bar_h = max(8, delivery.height // 40)
+    video = video.filter("drawbox", x=0, y=0, w="iw", h=bar_h, color="0xe0a030", t="fill")
+    video = video.filter("drawbox", x=0, y=f"ih-{bar_h}", w="iw", h=bar_h, color="0xe0a030",
+                         t="fill")
+    font = find_font()
+    if font:
+        video = video.filter(
+            "drawtext", fontfile=font, textfile=str(text_file), fontcolor="white",
+            fontsize=max(12, delivery.height // 18), line_spacing=max(4, delivery.height // 60),
+            x="(w-text_w)/2", y="(h-text_h)/2",
+        )
+    return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail)
+
+
+# --------------------------------------------------------------------------- composite
+
+
+def concat_list(clips: Sequence[Path], list_file: Path) -> None:
+    lines = []
+    for clip in clips:
+        escaped = str(clip.resolve()).replace("'", "'\\''")
+        lines.append(f"file '{escaped}'")
+    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def composite_args(
+    list_file: Path, audio: Path, subtitles_srt: Path | None, out: Path, *,
+    duration_ms: int, delivery: Delivery, burn_in_ass: Path | None = None,
+    subtitle_language: str = "und", title: str = "",
+) -> list[str]:
+    """Concat clips (stream copy), mux the mix cut/padded to the episode, soft subtitles.
+
+    With ``burn_in_ass`` the video is re-encoded with the subtitles drawn on it.
+    """
+    seconds = f"{duration_ms / 1000:.3f}"
+    args = ["-f", "concat", "-safe", "0", "-i", str(list_file), "-i", str(audio)]
+    if subtitles_srt is not None:
+        args += ["-i", str(subtitles_srt)]
+    args += ["-map", "0:v:0", "-map", "1:a:0"]
+    if subtitles_srt is not None:
+        args += ["-map", "2:s:0", "-c:s", "mov_text",
+                 "-metadata:s:s:0", f"language={subtitle_language}",
+                 "-metadata:s:s:0", "title=Dialogue"]
+    if burn_in_ass is not None:
+        escaped = str(burn_in_ass).replace("\\", "/").replace(":", "\\:").replace("'", "\\'")
+        args += ["-vf", f"ass='{escaped}'"]
+        for key, value in VIDEO_CODEC_ARGS.items():
+            if key != "movflags":
+                args += [f"-{key}", str(value)]
+        args += ["-r", str(delivery.rate)]
+    else:
+        args += ["-c:v", "copy"]
+    # Audio: pad with silence then cut, so the mix matches the episode exactly.
+    args += ["-af", f"apad,atrim=0:{seconds}", "-c:a", "aac", "-b:a", "192k", "-ar", "48000"]
+    args += ["-t", seconds, "-metadata", f"title={title}", "-movflags", "+faststart",
+             "-f", "mp4", str(out)]
+    return args
+
+
+def thumbnail_args(video: Path, out: Path, *, at_s: float, width: int = 320) -> list[str]:
+    stream = ffmpeg.input(str(video), ss=f"{max(0.0, at_s):.3f}").filter("scale", width, -2)
+    return _compile(ffmpeg.output(stream, str(out), vframes=1, f="image2", c="mjpeg", q=5))
+
+
+def contact_sheet_args(video: Path, out: Path, *, duration_s: float, columns: int = 6,
+                       rows: int = 2, width: int = 192) -> list[str]:
+    """One image of evenly spaced frames across the video."""
+    n = columns * rows
+    rate = n / max(duration_s, 0.1)
+    stream = (
+        ffmpeg.input(str(video))
+        .filter("fps", fps=f"{rate:.6f}")
+        .filter("scale", width, -2)
+        .filter("tile", f"{columns}x{rows}", padding=4, margin=4, color="0x101018")
+    )
+    return _compile(ffmpeg.output(stream, str(out), vframes=1, f="image2", c="mjpeg", q=4))
+
+
+def image_markdown(path: Path, alt: str = "preview") -> str:
+    """Markdown with the image inlined, for Dagster's MetadataValue.md preview."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"![{alt}](data:image/jpeg;base64,{data})"
+
+
+def render(args: Sequence[str], *, timeout: float | None = None) -> None:
+    ff.run(args, timeout=timeout)
