@@ -39,12 +39,13 @@ class AnimaticBackend:
             job.episode_root / job.shot.keyframe, out,
             duration_ms=job.shot.duration_ms, move=job.shot.camera.move.value,
             strength=job.shot.camera.strength, gen=_generation(job),
-            delivery=_delivery(job.delivery),
+            delivery=_delivery(job.delivery), thumbnail=job.thumbnail,
         )
         media.render(args, timeout=self.timeout_s)
 
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path) -> None:
-        PlaceholderBackend().placeholder(shot, delivery, reason, out)
+    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
+                    thumbnail: Path | None = None) -> None:
+        PlaceholderBackend().placeholder(shot, delivery, reason, out, thumbnail)
 
 
 class SourceClipBackend:
@@ -62,12 +63,13 @@ class SourceClipBackend:
         uri = source.uri if source.is_remote else str(job.episode_root / source.uri)
         args = media.source_clip_args(
             uri, out, in_ms=source.in_ms, duration_ms=job.shot.duration_ms,
-            gen=_generation(job), delivery=_delivery(job.delivery),
+            gen=_generation(job), delivery=_delivery(job.delivery), thumbnail=job.thumbnail,
         )
         media.render(args, timeout=self.timeout_s)
 
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path) -> None:
-        PlaceholderBackend().placeholder(shot, delivery, reason, out)
+    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
+                    thumbnail: Path | None = None) -> None:
+        PlaceholderBackend().placeholder(shot, delivery, reason, out, thumbnail)
 
 
 class PlaceholderBackend:
@@ -76,9 +78,10 @@ class PlaceholderBackend:
     name = BACKEND_PLACEHOLDER
 
     def render(self, job: ShotJob, out: Path) -> None:
-        self.placeholder(job.shot, job.delivery, "placeholder requested", out)
+        self.placeholder(job.shot, job.delivery, "placeholder requested", out, job.thumbnail)
 
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path) -> None:
+    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
+                    thumbnail: Path | None = None) -> None:
         text = (
             f"SHOT {shot.id}   {shot.duration_ms / 1000:.2f} s   ({shot.type.value})\n"
             f"PLACEHOLDER\n{_wrap(reason, 60)}"
@@ -89,7 +92,8 @@ class PlaceholderBackend:
             text_file = Path(f.name)
         try:
             media.render(media.placeholder_args(out, text_file, duration_ms=shot.duration_ms,
-                                                delivery=_delivery(delivery)))
+                                                delivery=_delivery(delivery),
+                                                thumbnail=thumbnail))
         finally:
             text_file.unlink(missing_ok=True)
 

@@ -28,7 +28,8 @@ def tier_height(tier: str) -> int:
     try:
         return RESOLUTION_TIERS[tier]
     except KeyError:
-        raise ValueError(f"unknown resolution tier {tier!r}; one of {list(RESOLUTION_TIERS)}") from None
+        known = list(RESOLUTION_TIERS)
+        raise ValueError(f"unknown resolution tier {tier!r}; one of {known}") from None
 
 
 def tier_for_height(height: int) -> str:

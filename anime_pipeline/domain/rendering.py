@@ -48,6 +48,7 @@ class ShotJob:
     episode_root: Path
     delivery: Format
     spec: RenderSpec
+    thumbnail: Path | None = None  # where to write a preview frame, if wanted
 
     @property
     def generation_size(self) -> tuple[int, int]:
@@ -61,7 +62,8 @@ class RenderBackend(Protocol):
         """Render ``job`` to ``out`` (an MP4 at the delivery format); raise on failure."""
         ...
 
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path) -> None: ...
+    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
+                    thumbnail: Path | None = None) -> None: ...
 
 
 class BackendUnavailable(RuntimeError):
@@ -195,7 +197,7 @@ def render_shot(
 
     reason = last_error
     t = time.perf_counter()
-    placeholder.placeholder(job.shot, job.delivery, reason, out)
+    placeholder.placeholder(job.shot, job.delivery, reason, out, job.thumbnail)
     attempts.append(Attempt(BACKEND_PLACEHOLDER, job.delivery.fps, "delivery", True,
                             time.perf_counter() - t, None, "placeholder"))
     log.error("shot %s rendered as placeholder slate: %s", job.shot.id, reason)
