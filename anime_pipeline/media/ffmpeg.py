@@ -203,3 +203,30 @@ def encoders() -> list[str]:
 
 def dumps(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+
+
+HARDWARE_ENCODER_SUFFIXES = ("_nvenc", "_qsv", "_vaapi", "_amf", "_videotoolbox", "_v4l2m2m")
+
+
+def hardware_encoders() -> list[str]:
+    """The hardware video encoders compiled into this ffmpeg (compiled in ≠ usable here)."""
+    return [name for name in encoders() if name.endswith(HARDWARE_ENCODER_SUFFIXES)]
+
+
+def nvenc_works(gpu_index: int = 0, *, timeout: float = 20.0) -> bool:
+    """True when ffmpeg can really encode with ``h264_nvenc`` on GPU ``gpu_index``.
+
+    Encodes a few lavfi test frames to ``-f null -``; a build without NVENC, a machine without
+    an NVIDIA driver or a GPU without an NVENC engine all give False, never an exception.
+    """
+    if "h264_nvenc" not in encoders():
+        return False
+    args = [
+        "-f", "lavfi", "-i", "testsrc2=size=256x144:rate=24",
+        "-frames:v", "6", "-c:v", "h264_nvenc", "-gpu", str(gpu_index), "-f", "null", "-",
+    ]  # fmt: skip
+    try:
+        run(args, timeout=timeout)
+    except (FfmpegError, OSError):
+        return False
+    return True
