@@ -1,0 +1,69 @@
+"""The policy in force: the resolved baseline of the saved profile + the persisted degrade steps.
+
+Files under the state folder (``$ANIME_PIPELINE_HOME``, default ``.anime_pipeline``):
+
+* ``runtime_profile.json`` — the last detected :class:`RuntimeProfile`;
+* ``runtime_state.json`` — the :class:`MonitorState` (degrade steps, streaks, revision);
+* ``thresholds.json`` — optional overrides of the monitor :class:`Thresholds`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from anime_pipeline.runtime.monitor import MonitorState, StateStore
+from anime_pipeline.runtime.policy import ExecutionPolicy, ExecutionPolicyResolver, apply_steps
+from anime_pipeline.runtime.profile import RuntimeProfile
+
+HOME_ENV = "ANIME_PIPELINE_HOME"
+DEFAULT_HOME = ".anime_pipeline"
+PROFILE_FILE = "runtime_profile.json"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def profile_path(state_dir: Path | str) -> Path:
+    return Path(state_dir) / PROFILE_FILE
+
+
+def load_profile(
+    state_dir: Path | str | None = None,
+    *,
+    max_age_s: float | None = None,
+    storage_root: Path | None = None,
+    remote_backends: dict[str, str] | None = None,
+) -> RuntimeProfile:
+    """The saved profile; detected (and saved) when missing, unreadable or older than max_age_s."""
+    path = profile_path(state_dir if state_dir is not None else default_state_dir())
+    if path.is_file():
+        try:
+            profile = RuntimeProfile.load(path)
+            if max_age_s is None or time.time() - profile.detected_at <= max_age_s:
+                return profile
+        except ValueError:
+            pass
+    profile = RuntimeProfile.detect(storage_root=storage_root, remote_backends=remote_backends)
+    profile.save(path)
+    return profile
+
+
+def policy_for(
+    profile: RuntimeProfile,
+    state: MonitorState,
+    resolver: ExecutionPolicyResolver | None = None,
+) -> ExecutionPolicy:
+    baseline = (resolver or ExecutionPolicyResolver()).resolve(profile)
+    return apply_steps(baseline, state.step_pairs())
+
+
+def policy_in_force(
+    state_dir: Path | str | None = None, profile: RuntimeProfile | None = None
+) -> ExecutionPolicy:
+    """What the renderer and the budgeter use when a run starts."""
+    state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+    profile = profile or load_profile(state_dir)
+    return policy_for(profile, StateStore(state_dir).load())
