@@ -1,0 +1,458 @@
+"""Dagster layer of the runtime profile: GPU resource, ``runtime_profile`` asset, monitor sensor.
+
+The logic lives in :mod:`anime_pipeline.runtime` (no Dagster there); this module only reads the
+instance (run and event records, pool limits) and writes what the UI shows.
+
+* :class:`GpuResource` — which GPU, a VRAM check before a GPU render, current utilisation.
+* ``runtime_profile`` — an asset: materializing it re-detects the machine; the monitor sensor
+  also reports a materialization of it (runless) on every change of the policy in force, with
+  the explanation (Markdown, English and Chinese) and the metrics as metadata.
+* ``runtime_monitor_sensor`` — samples VRAM, memory, CPU and the failure rate of recent ``clips``
+  renders from this instance's own records, applies :func:`~anime_pipeline.runtime.monitor.
+  evaluate`, keeps the state in ``$ANIME_PIPELINE_HOME/runtime_state.json`` (and a copy in the
+  sensor cursor), and keeps the ``gpu`` pool limit equal to the number of GPUs (at least 1).
+* :func:`current_policy` — what the renderer and budgeter use when a run starts.
+"""
+
+import datetime as _dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from anime_pipeline.domain.contracts import ResourceState
+from anime_pipeline.runtime import nvml
+from anime_pipeline.runtime.explain import explain_profile
+from anime_pipeline.runtime.monitor import (
+    Decision,
+    MetricSnapshot,
+    MonitorState,
+    StateStore,
+    Thresholds,
+    evaluate,
+    sample_metrics,
+)
+from anime_pipeline.runtime.policy import ExecutionPolicy, to_resource_state
+from anime_pipeline.runtime.profile import RuntimeProfile
+from anime_pipeline.runtime.state import (
+    default_state_dir,
+    load_profile,
+    policy_for,
+    policy_in_force,
+    profile_path,
+)
+
+RUNTIME_GROUP = "runtime"
+RUNTIME_PROFILE_KEY = dg.AssetKey("runtime_profile")
+CLIPS_KEY = dg.AssetKey("clips")
+GPU_POOL = "gpu"
+PROFILE_MAX_AGE_S = 600.0  # the sensor re-detects the machine this often
+_UNPARTITIONED = "__unpartitioned__"
+
+
+def state_dir(path: str | Path | None = None) -> Path:
+    """``path``, else ``$ANIME_PIPELINE_HOME`` (default ``.anime_pipeline``), made absolute."""
+    return (Path(path) if path is not None else default_state_dir()).absolute()
+
+
+# --------------------------------------------------------------------------- policy at run start
+
+
+def current_policy(state_dir_: str | Path | None = None) -> ExecutionPolicy:
+    """The policy in force: the saved profile's resolved baseline + the persisted degrade steps.
+
+    Cheap (two small JSON files); detects and saves the profile only when none was saved yet.
+    """
+    return policy_in_force(state_dir(state_dir_))
+
+
+def current_resource_state(
+    queue_depth: int = 0, state_dir_: str | Path | None = None
+) -> ResourceState:
+    """:class:`ResourceState` for the budgeter, from the policy in force."""
+    sd = state_dir(state_dir_)
+    profile = load_profile(sd)
+    return to_resource_state(policy_in_force(sd, profile), profile, queue_depth)
+
+
+# --------------------------------------------------------------------------- GPU resource
+
+
+class InsufficientVramError(RuntimeError):
+    pass
+
+
+class GpuResource(dg.ConfigurableResource):
+    """One NVIDIA GPU as the renderer sees it. Without a GPU or driver every call still answers."""
+
+    device_index: int = 0
+    headroom_mb: int = 256  # kept free for the driver and other processes
+
+    def _reading(self) -> nvml.GpuReading | None:
+        report = nvml.query([self.device_index])
+        return report.gpus[0] if report.gpus else None
+
+    def available(self) -> bool:
+        return self._reading() is not None
+
+    def free_vram_mb(self) -> int | None:
+        r = self._reading()
+        return None if r is None else max(0, r.vram_total_mb - r.vram_used_mb)
+
+    def vram_check(self, required_mb: int, *, raise_on_insufficient: bool = False) -> bool:
+        """True when ``required_mb`` fits in free VRAM beyond the headroom.
+
+        False (or :class:`InsufficientVramError` with ``raise_on_insufficient``) when it does
+        not fit or there is no GPU at ``device_index``.
+        """
+        r = self._reading()
+        if r is None:
+            why = f"no NVIDIA GPU at index {self.device_index}"
+            ok = False
+        else:
+            free = max(0, r.vram_total_mb - r.vram_used_mb)
+            ok = free - self.headroom_mb >= required_mb
+            why = (
+                f"GPU {r.index} ({r.name}) has {free} MiB free, {self.headroom_mb} MiB headroom, "
+                f"{required_mb} MiB required"
+            )
+        if not ok and raise_on_insufficient:
+            raise InsufficientVramError(why)
+        return ok
+
+    def utilisation(self) -> dict[str, Any]:
+        """GPU and memory utilisation (%), VRAM used/total (MiB); ``available`` False if no GPU."""
+        r = self._reading()
+        if r is None:
+            return {"available": False, "device_index": self.device_index}
+        return {
+            "available": True,
+            "device_index": r.index,
+            "name": r.name,
+            "gpu_pct": r.utilisation_pct,
+            "memory_pct": r.memory_utilisation_pct,
+            "vram_used_mb": r.vram_used_mb,
+            "vram_total_mb": r.vram_total_mb,
+            "vram_used_frac": round(r.vram_used_mb / r.vram_total_mb, 4)
+            if r.vram_total_mb
+            else None,
+        }
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _markdown(text: str) -> str:
+    lines = text.rstrip("\n").splitlines()
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i == 0:
+            out.append(f"### {line}")
+        elif line.startswith("  - "):
+            out.append("- " + line[4:])
+        elif line.endswith((":", "：")):
+            out.append(f"\n**{line[:-1]}**\n")
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def runtime_metadata(
+    profile: RuntimeProfile,
+    policy: ExecutionPolicy,
+    state: MonitorState,
+    snapshot: MetricSnapshot | None = None,
+    decision: Decision | None = None,
+) -> dict[str, Any]:
+    md = dg.MetadataValue
+    meta: dict[str, Any] = {
+        "explanation": md.md(_markdown(explain_profile(profile, "en", policy))),
+        "explanation_zh": md.md(_markdown(explain_profile(profile, "zh", policy))),
+        "profile_class": profile.profile_class.value,
+        "policy": policy.name,
+        "degraded": policy.degraded,
+        "degrade_level": policy.degrade_level,
+        "degrade_reasons": md.json({"reasons": policy.reasons}),
+        "encoder": policy.encoder,
+        "render_concurrency": policy.render_concurrency,
+        "max_resolution": policy.max_resolution,
+        "max_fps": float(policy.max_fps),
+        "max_shots_in_flight": policy.max_shots_in_flight,
+        "gpu_pool_limit": policy.gpu_pool_limit,
+        "gpu_count": profile.gpu_count,
+        "cpu_threads": profile.cpu.threads,
+        "cpu_score": float(profile.cpu.score),
+        "memory_total_gb": float(profile.memory.total_gb),
+        "policy_json": md.json(policy.model_dump(mode="json")),
+        "state_revision": state.revision,
+    }
+    if profile.disk is not None:
+        meta["disk_free_gb"] = float(profile.disk.free_gb)
+    if snapshot is not None:
+        meta["mem_available_gb"] = float(snapshot.mem_available_gb)
+        if snapshot.cpu_percent is not None:
+            meta["cpu_percent"] = float(snapshot.cpu_percent)
+        if snapshot.vram_used_frac is not None:
+            meta["vram_used_frac"] = float(snapshot.vram_used_frac)
+        meta["clip_failure_rate"] = float(snapshot.recent_failure_rate or 0.0)
+        meta["clip_renders_in_window"] = snapshot.failure_samples
+        meta["clip_failures_in_window"] = snapshot.failures
+    else:
+        meta["mem_available_gb"] = float(profile.memory.available_gb)
+    if decision is not None:
+        meta["monitor_action"] = decision.action
+        meta["monitor_message"] = decision.message
+    return meta
+
+
+# --------------------------------------------------------------------------- the asset
+
+
+@dg.asset(
+    key=RUNTIME_PROFILE_KEY,
+    group_name=RUNTIME_GROUP,
+    kinds={"python"},
+    description="What the pipeline runs on, its class and the execution policy in force. "
+    "Materialize to re-detect; the runtime monitor sensor reports every policy change here.",
+)
+def runtime_profile(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    sd = state_dir()
+    profile = RuntimeProfile.detect(storage_root=sd)
+    profile.save(profile_path(sd))
+    state = StateStore(sd).load()
+    policy = policy_for(profile, state)
+    context.log.info(f"{profile.profile_class.value}: {policy.summary('en')}")
+    return dg.MaterializeResult(metadata=runtime_metadata(profile, policy, state))
+
+
+# --------------------------------------------------------------------------- clip failure rate
+
+
+@dataclass
+class RenderStats:
+    succeeded: int = 0
+    failed: int = 0
+    runs: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def rate(self) -> float | None:
+        return self.failed / self.total if self.total else None
+
+
+def _meta_value(meta: Any, key: str) -> Any:
+    v = (meta or {}).get(key)
+    return getattr(v, "value", v)
+
+
+def _planned_keys(data: Any) -> set[str]:
+    if getattr(data, "partition", None):
+        return {str(data.partition)}
+    subset = getattr(data, "partitions_subset", None)
+    if subset is None:
+        return {_UNPARTITIONED}
+    try:
+        return {str(k) for k in subset.get_partition_keys()}
+    except Exception:  # a subset that needs its definition: count it, unnamed
+        return {f"{_UNPARTITIONED}{i}" for i in range(len(subset))}
+
+
+def clip_render_stats(
+    instance: dg.DagsterInstance,
+    since: float,
+    asset_key: dg.AssetKey = CLIPS_KEY,
+    max_runs: int = 200,
+) -> RenderStats:
+    """Renders of ``asset_key`` in runs that ended after ``since`` (epoch s), from this instance.
+
+    Per run that planned the asset: each materialized partition is a success, or a failure
+    when its metadata says ``placeholder`` (the render failed and a slate stood in); partitions
+    planned but not materialized in a failed or canceled run are failures. Cached and absent
+    (``in_episode: false``) partitions are not renders; runs still in progress are not counted.
+    """
+    stats = RenderStats()
+    done_statuses = [
+        dg.DagsterRunStatus.SUCCESS,
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    ]
+    records = instance.get_run_records(
+        dg.RunsFilter(
+            statuses=done_statuses,
+            updated_after=_dt.datetime.fromtimestamp(since, tz=_dt.UTC),
+        ),
+        limit=max_runs,
+    )
+    kinds = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION}
+    for rec in records:
+        if rec.end_time is not None and rec.end_time < since:
+            continue
+        run = rec.dagster_run
+        planned: set[str] = set()
+        seen: set[str] = set()
+        ok = bad = 0
+        cursor = None
+        while True:
+            conn = instance.get_records_for_run(run.run_id, cursor=cursor, of_type=kinds)
+            for r in conn.records:
+                ev = r.event_log_entry.dagster_event
+                if ev is None or ev.asset_key != asset_key:
+                    continue
+                if ev.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+                    planned |= _planned_keys(ev.event_specific_data)
+                    continue
+                mat = ev.step_materialization_data.materialization
+                key = str(mat.partition) if mat.partition else _UNPARTITIONED
+                seen.add(key)
+                if _meta_value(mat.metadata, "in_episode") is False:
+                    continue
+                if _meta_value(mat.metadata, "cached") is True:
+                    continue
+                if _meta_value(mat.metadata, "placeholder") is True:
+                    bad += 1
+                else:
+                    ok += 1
+            if not conn.has_more:
+                break
+            cursor = conn.cursor
+        if not planned and not seen:
+            continue
+        if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            bad += len(planned - seen)
+        stats.runs += 1
+        stats.succeeded += ok
+        stats.failed += bad
+    return stats
+
+
+# --------------------------------------------------------------------------- gpu pool
+
+
+def sync_gpu_pool(instance: dg.DagsterInstance, gpu_count: int) -> int | None:
+    """Set the ``gpu`` pool limit to ``max(1, gpu_count)``; the limit now, None if unsupported."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return None
+    want = max(1, gpu_count)
+    info = storage.get_concurrency_info(GPU_POOL)
+    if info.slot_count != want or info.using_default_limit:
+        storage.set_concurrency_slots(GPU_POOL, want)
+    return want
+
+
+# --------------------------------------------------------------------------- the sensor
+
+
+def _read_cursor(cursor: str | None) -> dict[str, Any]:
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def monitor_tick(
+    context: dg.SensorEvaluationContext,
+    *,
+    state_dir_: str | Path | None = None,
+    thresholds: Thresholds | None = None,
+    clips_key: dg.AssetKey = CLIPS_KEY,
+    profile_max_age_s: float = PROFILE_MAX_AGE_S,
+) -> dg.SensorResult:
+    """One evaluation of the monitor (the body of ``runtime_monitor_sensor``)."""
+    sd = state_dir(state_dir_)
+    t = thresholds or Thresholds.load(sd)
+    store = StateStore(sd)
+    cursor = _read_cursor(context.cursor)
+    if store.exists():
+        state = store.load()
+    elif isinstance(cursor.get("state"), dict):
+        state = MonitorState.model_validate(cursor["state"])
+        context.log.warning(f"{store.path} missing; monitor state restored from the sensor cursor")
+    else:
+        state = MonitorState()
+
+    profile = load_profile(sd, max_age_s=profile_max_age_s, storage_root=sd)
+    now = time.time()
+    since = max(now - t.failure_window_s, state.last_change_at or 0.0)
+    stats = clip_render_stats(context.instance, since, clips_key)
+    snapshot = sample_metrics(stats.rate, stats.total, stats.failed)
+    decision = evaluate(snapshot, state, t)
+    store.save(decision.state)
+    policy = policy_for(profile, decision.state)
+
+    gpus = len(snapshot.vram_used_frac_per_gpu)
+    pool = sync_gpu_pool(context.instance, gpus)
+
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
+    changed = decision.action != "none" or cursor.get("emitted_revision") != decision.state.revision
+    if changed:
+        meta = runtime_metadata(profile, policy, decision.state, snapshot, decision)
+        meta["gpu_pool_limit"] = pool if pool is not None else policy.gpu_pool_limit
+        events.append(dg.AssetMaterialization(asset_key=RUNTIME_PROFILE_KEY, metadata=meta))
+    if decision.action == "degrade":
+        context.log.warning(f"runtime monitor: {decision.message}. {policy.summary('en')}")
+    elif decision.action == "restore":
+        context.log.info(f"runtime monitor: {decision.message}. {policy.summary('en')}")
+    elif changed:
+        context.log.info(f"runtime monitor: policy in force {policy.name}: {decision.message}")
+    else:
+        context.log.debug(f"runtime monitor: {decision.message}")
+
+    new_cursor = json.dumps(
+        {
+            "emitted_revision": decision.state.revision,
+            "last_tick": now,
+            "state": decision.state.model_dump(mode="json", exclude={"last_snapshot"}),
+        }
+    )
+    return dg.SensorResult(asset_events=events, cursor=new_cursor)
+
+
+def build_runtime_monitor_sensor(
+    *,
+    name: str = "runtime_monitor_sensor",
+    minimum_interval_seconds: int = 30,
+    state_dir_: str | Path | None = None,
+    thresholds: Thresholds | None = None,
+    clips_key: dg.AssetKey = CLIPS_KEY,
+    profile_max_age_s: float = PROFILE_MAX_AGE_S,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """A monitor sensor; the thresholds default to ``thresholds.json`` in the state folder."""
+
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Samples VRAM, memory, CPU and the clip failure rate; degrades or restores "
+        "the execution policy with hysteresis; reports changes on runtime_profile.",
+    )
+    def _monitor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        return monitor_tick(
+            context,
+            state_dir_=state_dir_,
+            thresholds=thresholds,
+            clips_key=clips_key,
+            profile_max_age_s=profile_max_age_s,
+        )
+
+    return _monitor
+
+
+runtime_monitor_sensor = build_runtime_monitor_sensor()
+
+runtime_defs = dg.Definitions(
+    assets=[runtime_profile],
+    sensors=[runtime_monitor_sensor],
+    resources={"gpu": GpuResource()},
+)

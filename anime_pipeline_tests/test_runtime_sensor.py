@@ -1,0 +1,201 @@
+"""The runtime monitor sensor against a real Dagster instance with real failed runs."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from anime_pipeline.defs.runtime import (
+    GpuResource,
+    InsufficientVramError,
+    build_runtime_monitor_sensor,
+    clip_render_stats,
+    current_policy,
+    current_resource_state,
+    runtime_defs,
+    runtime_profile,
+)
+from anime_pipeline.runtime import nvml
+from anime_pipeline.runtime.monitor import StateStore, Thresholds
+from anime_pipeline.runtime.testing import make_profile
+
+NO_GPU = not nvml.query().gpus
+SHOTS = dg.StaticPartitionsDefinition([f"S{i:02d}" for i in range(1, 9)])
+
+
+# Like the pipeline's `clips`: per-shot partitions, an episode's shots in one run.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+@dg.asset(name="clips", partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
+def failing_clips(context: dg.AssetExecutionContext) -> None:
+    raise RuntimeError(f"render of {context.partition_keys} failed: out of memory")
+
+
+@dg.asset(name="clips", partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
+def good_clips(context: dg.AssetExecutionContext) -> None:
+    for key in context.partition_keys:
+        context.add_asset_metadata({"placeholder": False, "degraded": False}, partition_key=key)
+
+
+@dg.asset(name="clips", partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
+def placeholder_clips(context: dg.AssetExecutionContext) -> None:
+    for key in context.partition_keys:
+        context.add_asset_metadata({"placeholder": True, "degraded": True}, partition_key=key)
+
+
+def render(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, first: str, last: str) -> None:
+    """One run that renders shots ``first..last`` (as a single-run backfill would)."""
+    tags = {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
+    dg.materialize([asset], instance=instance, tags=tags, raise_on_error=False)
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    # a saved profile so ticks do not re-detect (the sensor re-detects when it is stale)
+    make_profile(threads=2).save(tmp_path / "runtime_profile.json")
+    return tmp_path
+
+
+THRESHOLDS = Thresholds(degrade_after=2, restore_after=3, min_failure_samples=4)
+
+
+def tick(
+    sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None
+) -> dg.SensorResult:
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    result = sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_degrade_then_restore_with_hysteresis(instance: dg.DagsterInstance, home: Path) -> None:
+    sensor = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS)
+    assert sensor.minimum_interval_seconds == 30
+
+    # healthy first tick: the state is reported once, the gpu pool follows the GPU count
+    r = tick(sensor, instance, None)
+    assert len(r.asset_events) == 1
+    first = r.asset_events[0]
+    assert isinstance(first, dg.AssetMaterialization)
+    assert first.asset_key == dg.AssetKey("runtime_profile")
+    assert "What was found" in str(first.metadata["explanation"].value)
+    assert first.metadata["degraded"].value is False
+    slots = instance.event_log_storage.get_concurrency_info("gpu").slot_count
+    assert slots == max(1, len(nvml.query().gpus))
+    r = tick(sensor, instance, r.cursor)
+    assert r.asset_events == []  # nothing changed, nothing reported
+
+    # 3 of 5 renders fail: 60% > 30%, from real run records
+    render(instance, failing_clips, "S01", "S03")
+    render(instance, good_clips, "S04", "S05")
+    stats = clip_render_stats(instance, since=0)
+    assert (stats.failed, stats.succeeded, stats.runs) == (3, 2, 2)
+
+    r = tick(sensor, instance, r.cursor)  # first breach: hysteresis holds
+    assert r.asset_events == []
+    assert StateStore(home).load().breach_streak == 1
+    assert not current_policy(home).degraded
+
+    r = tick(sensor, instance, r.cursor)  # second consecutive breach: degrade
+    [ev] = r.asset_events
+    assert ev.metadata["degraded"].value is True
+    assert ev.metadata["monitor_action"].value == "degrade"
+    assert ev.metadata["clip_failure_rate"].value == pytest.approx(0.6)
+    assert "failure rate 60%" in str(ev.metadata["explanation"].value)
+    policy = current_policy(home)
+    assert policy.degraded and policy.degrade_level == 1
+    assert "failure rate 60% (3/5)" in policy.reasons[0]
+    assert json.loads(r.cursor or "{}")["state"]["steps"][0]["kind"] == "failure_rate"
+
+    # renders go well again; failures before the degrade no longer count
+    render(instance, good_clips, "S01", "S04")
+    r = tick(sensor, instance, r.cursor)
+    r = tick(sensor, instance, r.cursor)
+    assert r.asset_events == [] and current_policy(home).degraded  # 2 healthy: not yet
+    r = tick(sensor, instance, r.cursor)  # third healthy sample in a row: restore
+    [ev] = r.asset_events
+    assert ev.metadata["monitor_action"].value == "restore"
+    assert ev.metadata["degraded"].value is False
+    assert not current_policy(home).degraded
+    rs = current_resource_state(queue_depth=2, state_dir_=home)
+    assert rs.policy_degraded is False and rs.gpu_queue_depth == 2
+
+
+def test_state_survives_a_restart(instance: dg.DagsterInstance, home: Path) -> None:
+    sensor = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS)
+    render(instance, failing_clips, "S01", "S04")
+    r = tick(sensor, instance, None)
+    assert StateStore(home).load().breach_streak == 1
+    # `dagster dev` restarted: a new sensor object, the cursor lost — the file remembers
+    restarted = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS)
+    r = tick(restarted, instance, None)
+    assert current_policy(home).degraded
+    # the state file lost instead: the sensor cursor remembers
+    cursor = r.cursor
+    StateStore(home).path.unlink()
+    r = tick(restarted, instance, cursor)
+    assert current_policy(home).degrade_level == 1
+
+
+def test_placeholder_slates_count_as_failed_renders(instance: dg.DagsterInstance) -> None:
+    render(instance, placeholder_clips, "S01", "S02")
+    render(instance, good_clips, "S03", "S03")
+    stats = clip_render_stats(instance, since=0)
+    assert (stats.failed, stats.succeeded) == (2, 1)
+    assert stats.rate == pytest.approx(2 / 3)
+    assert clip_render_stats(instance, since=0, asset_key=dg.AssetKey("other")).total == 0
+
+
+def test_runtime_profile_asset(
+    instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANIME_PIPELINE_HOME", str(tmp_path))
+    result = dg.materialize([runtime_profile], instance=instance)
+    assert result.success
+    [mat] = result.asset_materializations_for_node("runtime_profile")
+    assert "检测结果" in str(mat.metadata["explanation_zh"].value)
+    assert int(str(mat.metadata["cpu_threads"].value)) >= 1
+    assert (tmp_path / "runtime_profile.json").is_file()
+    assert current_policy().profile_class.value == mat.metadata["profile_class"].value
+
+
+def test_definitions_load() -> None:
+    defs = dg.Definitions.merge(runtime_defs)
+    [sensor] = list(defs.sensors or [])
+    assert sensor.name == "runtime_monitor_sensor" and sensor.minimum_interval_seconds == 30
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_assets_def("runtime_profile") is not None
+    assert isinstance((defs.resources or {})["gpu"], GpuResource)
+    fast = build_runtime_monitor_sensor(name="fast_monitor", minimum_interval_seconds=5)
+    assert fast.minimum_interval_seconds == 5
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has an NVIDIA GPU")
+def test_gpu_resource_without_a_gpu() -> None:
+    gpu = GpuResource(device_index=0)
+    assert gpu.available() is False and gpu.free_vram_mb() is None
+    assert gpu.vram_check(512) is False
+    with pytest.raises(InsufficientVramError, match="no NVIDIA GPU"):
+        gpu.vram_check(512, raise_on_insufficient=True)
+    assert gpu.utilisation() == {"available": False, "device_index": 0}
+
+
+@pytest.mark.skipif(NO_GPU, reason="needs an NVIDIA GPU and driver")
+def test_gpu_resource_on_a_gpu() -> None:
+    gpu = GpuResource(device_index=0)
+    u = gpu.utilisation()
+    assert u["available"] and u["vram_total_mb"] > 0
+    assert gpu.vram_check(1) is True
+    assert gpu.vram_check(10**9) is False
