@@ -12,9 +12,11 @@ Method, in short:
   with a minimum gap and an absolute loudness gate so that silence and hiss give no onsets.
   Each onset is then refined in the time domain (the sharpest rise of a high-passed short-term
   energy near the frame) so it lands within a few milliseconds of the attack.
-* **Tempo**: the autocorrelation of the onset envelope, weighted by a log-normal prior around
-  120 BPM (one octave wide) inside 60–200 BPM to settle octave ambiguity; the period is then
-  refined from the peaks at its multiples. No clear periodicity gives ``tempo_bpm = None``.
+* **Tempo**: the autocorrelation of an accent envelope (the same flux, mildly compressed, so
+  loud accents weigh more than soft off-beats), weighted by a log-normal prior around 120 BPM
+  (one octave wide) inside 60–200 BPM, with an octave check (double tempo wins when every
+  other pulse is as strong); the period is then refined from the peaks at its multiples.
+  No clear periodicity (or fewer than four onsets) gives ``tempo_bpm = None``.
 * **Beats**: dynamic programming à la Ellis (2007), "Beat tracking by dynamic programming":
   maximise onset strength at the beats minus a penalty on deviations from the tempo's period;
   beats are snapped to a detected onset when one lies very close.
@@ -94,8 +96,13 @@ def _log_bands(n_fft: int, sample_rate: int, n_bands: int = 48) -> np.ndarray:
 
 def _onset_envelope(
     x: np.ndarray, sample_rate: int, n_fft: int, hop: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral-flux onset envelope and per-frame RMS (dBFS), one value per hop (centred)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two spectral-flux envelopes and the per-frame RMS (dBFS), one value per hop (centred).
+
+    The first is strongly log-compressed (nearly level-invariant: a soft hat counts as much
+    as a kick) and finds onsets; the second is only mildly compressed, so loud accents weigh
+    more, and drives tempo and beat tracking.
+    """
     n_frames = 1 + x.size // hop
     padded = np.concatenate(
         [np.zeros(n_fft // 2, np.float32), x, np.zeros(n_fft // 2 + hop, np.float32)]
@@ -113,11 +120,16 @@ def _onset_envelope(
         bands[start : start + block] = mag @ fb
         ms = np.mean(np.square(fr[:, n_fft // 4 : 3 * n_fft // 4], dtype=np.float32), axis=1)
         rms_db[start : start + block] = 10.0 * np.log10(ms + 1e-12)
-    logspec = np.log1p(1000.0 * bands)
-    flux = np.zeros(n_frames, dtype=np.float32)
-    if n_frames > 1:
+    return _flux(bands, 1000.0), _flux(bands, 10.0), rms_db
+
+
+def _flux(bands: np.ndarray, gamma: float) -> np.ndarray:
+    """Half-wave-rectified spectral flux of ``log(1 + gamma * bands)``, averaged over bands."""
+    logspec = np.log1p(gamma * bands)
+    flux = np.zeros(bands.shape[0], dtype=np.float32)
+    if bands.shape[0] > 1:
         flux[1:] = np.maximum(logspec[1:] - logspec[:-1], 0.0).mean(axis=1)
-    return flux, rms_db
+    return flux
 
 
 # --------------------------------------------------------------------------- onsets
@@ -367,17 +379,17 @@ def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
     if x.size < n_fft:
         return AudioAnalysis(sample_rate, int(x.size), empty, None, empty, energy,
                              envelope_rate=rate)  # fmt: skip
-    env, rms_db = _onset_envelope(x, sample_rate, n_fft, hop)
+    env, accent, rms_db = _onset_envelope(x, sample_rate, n_fft, hop)
     peaks = _pick_peaks(env, rms_db, rate)
     onsets = _refine_onsets(x, peaks, hop, n_fft, sample_rate)
     tempo: float | None = None
     beats = empty
     strength = 0.0
     if onsets.size >= _MIN_ONSETS_FOR_TEMPO:
-        period, strength = _estimate_period(env, rate)
+        period, strength = _estimate_period(accent, rate)
         if period is not None:
             tempo = 60.0 * rate / period
-            beat_frames = _track_beats(env, period)
+            beat_frames = _track_beats(accent, period)
             beats = beat_frames * (hop / sample_rate)
             beats = _snap(beats, onsets, tol=min(0.05, 0.2 * period / rate))
     return AudioAnalysis(

@@ -235,30 +235,36 @@ def synthesize_mix(
             _add(buf, max(0, end - riser.size), riser, 0.18, 0.22)
 
     # Pad and bass: one chord per two bars, a gain that follows the sections.
-    times = np.arange(n, dtype=np.float64) / sr
     ms_points = [0.0]
     gains = [_SECTIONS.get(bounds[0][2], _SECTIONS["establishing"])[2]]
     for a, b, kind in bounds:
         g = _SECTIONS.get(kind, _SECTIONS["establishing"])[2]
         ms_points += [a + 80.0, b]
         gains += [g, g]
-    pad_gain = np.interp(times * 1000.0, ms_points, gains).astype(np.float32)
+    pad_gain = np.interp(np.arange(n) * (1000.0 / sr), ms_points, gains).astype(np.float32)
     bar_s = 4 * 60.0 / bpm
     chord_len = int(round(2 * bar_s * sr))
+    tt_full = np.arange(chord_len, dtype=np.float64) / sr
+    voices: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chord index -> (left, right)
     for c0 in range(0, n, chord_len):
         c1 = min(n, c0 + chord_len)
         idx = (c0 // chord_len) % len(_CHORDS)
-        tt = times[c0:c1] - times[c0]
+        if idx not in voices:
+            left = np.zeros(chord_len)
+            right = np.zeros(chord_len)
+            for f in _CHORDS[idx]:
+                left += np.sin(2 * np.pi * f * 0.998 * tt_full)
+                right += np.sin(2 * np.pi * f * 1.002 * tt_full + 0.5)
+            bass = 0.8 * np.sin(2 * np.pi * _ROOTS[idx] * tt_full)
+            voices[idx] = (
+                (left / 3 + bass).astype(np.float32),
+                (right / 3 + bass).astype(np.float32),
+            )
+        tt = tt_full[: c1 - c0]
         fade = np.minimum(1.0, np.minimum(tt / 0.25, (tt[-1] - tt + 1e-3) / 0.1))
-        left = np.zeros(c1 - c0)
-        right = np.zeros(c1 - c0)
-        for f in _CHORDS[idx]:
-            left += np.sin(2 * np.pi * f * 0.998 * tt)
-            right += np.sin(2 * np.pi * f * 1.002 * tt + 0.5)
-        bass = 0.8 * np.sin(2 * np.pi * _ROOTS[idx] * tt)
-        g = pad_gain[c0:c1] * fade
-        buf[c0:c1, 0] += (g * (left / 3 + bass)).astype(np.float32)
-        buf[c0:c1, 1] += (g * (right / 3 + bass)).astype(np.float32)
+        g = (pad_gain[c0:c1] * fade).astype(np.float32)
+        buf[c0:c1, 0] += g * voices[idx][0][: c1 - c0]
+        buf[c0:c1, 1] += g * voices[idx][1][: c1 - c0]
 
     fade_n = min(n, int(0.5 * sr))
     buf[n - fade_n :] *= np.linspace(1.0, 0.0, fade_n, dtype=np.float32)[:, None]
