@@ -1,0 +1,257 @@
+"""``anime-pipeline profile`` and ``anime-pipeline runtime status|degrade|restore|reload``.
+
+:func:`add_subcommands` adds both to an argparse sub-parser set; each sets ``func`` to a
+handler ``(args) -> int`` (the exit code). :func:`main` runs them standalone (tests, debugging).
+No Dagster import: the commands read and write the same files the monitor sensor uses.
+
+Exit codes: 0 done, 1 failed (message on stderr), 2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from anime_pipeline.runtime.monitor import (
+    MonitorState,
+    StateStore,
+    Thresholds,
+    manual_degrade,
+    manual_restore,
+    restore_samples_needed,
+)
+from anime_pipeline.runtime.profile import RuntimeProfile
+from anime_pipeline.runtime.state import (
+    default_state_dir,
+    load_profile,
+    policy_for,
+    profile_path,
+)
+
+
+def _default_lang() -> str:
+    lang = os.environ.get("LC_ALL") or os.environ.get("LANG") or ""
+    return "zh" if lang.lower().startswith("zh") else "en"
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if getattr(args, "state_dir", None) else default_state_dir()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    profile = RuntimeProfile.detect(storage_root=_state_dir(args))
+    if args.save:
+        profile.save(Path(args.save))
+    if args.json:
+        print(profile.to_json())
+    else:
+        print(profile.explain(args.lang), end="")
+        if args.save:
+            print(f"\nsaved: {Path(args.save).absolute()}")
+    return 0
+
+
+def _status_obj(state_dir: Path, profile: RuntimeProfile, state: MonitorState) -> dict[str, Any]:
+    policy = policy_for(profile, state)
+    return {
+        "state_dir": str(state_dir.absolute()),
+        "profile_class": profile.profile_class.value,
+        "profile_detected_at": profile.detected_at,
+        "policy": policy.model_dump(mode="json"),
+        "monitor": state.model_dump(mode="json"),
+    }
+
+
+def _print_status(state_dir: Path, profile: RuntimeProfile, state: MonitorState, lang: str) -> None:
+    policy = policy_for(profile, state)
+    zh = lang == "zh"
+    print(("运行等级：" if zh else "Profile class: ") + profile.profile_class.value)
+    print(policy.summary(lang))
+    if state.degraded:
+        head = "降级步骤：" if zh else "Degrade steps:"
+        print(head)
+        for i, s in enumerate(state.steps, 1):
+            print(f"  {i}. [{s.kind}, {s.source}] {s.reason} ({_when(s.at)})")
+        if state.manual_hold:
+            print(
+                "  手动降级：监控不会自动恢复，请用 `anime-pipeline runtime restore`。"
+                if zh
+                else "  Manual degrade: held until `anime-pipeline runtime restore`."
+            )
+        else:
+            need = restore_samples_needed(state, Thresholds.load(state_dir))
+            print(
+                f"  自动恢复：需连续 {need} 次健康采样（当前 {state.healthy_streak}）。"
+                if zh
+                else f"  Auto-restore after {need} healthy samples in a row "
+                f"(now {state.healthy_streak})."
+            )
+    snap = state.last_snapshot
+    if snap is not None:
+        vram = "-" if snap.vram_used_frac is None else f"{snap.vram_used_frac:.0%}"
+        fail = "-" if snap.recent_failure_rate is None else f"{snap.recent_failure_rate:.0%}"
+        label = "最近采样" if zh else "Last sample"
+        print(
+            f"{label} ({_when(snap.taken_at)}): VRAM {vram}, "
+            f"mem {snap.mem_available_gb:.1f} GB, CPU {snap.cpu_percent or 0:.0f}%, "
+            f"clip failures {fail} ({snap.failures}/{snap.failure_samples})"
+        )
+    else:
+        print("监控尚未采样。" if zh else "The monitor has not sampled yet.")
+    print(("状态目录：" if zh else "State: ") + str(state_dir.absolute()))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sd = _state_dir(args)
+    profile = load_profile(sd, storage_root=sd)
+    state = StateStore(sd).load()
+    if args.json:
+        _print_json(_status_obj(sd, profile, state))
+    else:
+        _print_status(sd, profile, state, args.lang)
+    return 0
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    reason = (args.reason or "").strip()
+    if not reason:
+        print("error: --reason must not be empty", file=sys.stderr)
+        return 1
+    sd = _state_dir(args)
+    profile = load_profile(sd, storage_root=sd)
+    store = StateStore(sd)
+    state = manual_degrade(store.load(), reason)
+    store.save(state)
+    policy = policy_for(profile, state)
+    if args.json:
+        _print_json(_status_obj(sd, profile, state))
+    else:
+        print(policy.summary(args.lang))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    sd = _state_dir(args)
+    profile = load_profile(sd, storage_root=sd)
+    store = StateStore(sd)
+    before = store.load()
+    state = manual_restore(before) if before.degraded or before.manual_hold else before
+    store.save(state)
+    if args.json:
+        _print_json(_status_obj(sd, profile, state))
+    else:
+        if not before.degraded:
+            print("已是基线策略。" if args.lang == "zh" else "Already at the baseline policy.")
+        print(policy_for(profile, state).summary(args.lang))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    sd = _state_dir(args)
+    profile = RuntimeProfile.detect(storage_root=sd)
+    profile.save(profile_path(sd))
+    state = StateStore(sd).load()
+    if args.json:
+        _print_json(_status_obj(sd, profile, state))
+    else:
+        print(profile.explain(args.lang), end="")
+        print(policy_for(profile, state).summary(args.lang))
+    return 0
+
+
+def _guard(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    run.__name__ = handler.__name__
+    return run
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lang",
+        choices=["en", "zh"],
+        default=_default_lang(),
+        help="language of the text output (default from $LANG)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="runtime state folder (default $ANIME_PIPELINE_HOME, else .anime_pipeline)",
+    )
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add ``profile`` and ``runtime`` to ``subparsers`` (from ``add_subparsers``)."""
+    p = subparsers.add_parser(
+        "profile",
+        help="detect this machine and explain what it can render",
+        description="Detect CPU, memory, GPUs, ffmpeg, render backends and disk; print the "
+        "class and what it means (or JSON).",
+    )
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--save", metavar="PATH", help="also write the profile JSON to PATH")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_profile))
+
+    r = subparsers.add_parser(
+        "runtime",
+        help="the execution policy in force: status, manual degrade/restore, reload",
+    )
+    rsub = r.add_subparsers(dest="runtime_command", required=True, metavar="ACTION")
+    s = rsub.add_parser("status", help="the policy in force and the monitor state")
+    s.add_argument("--json", action="store_true")
+    _common(s)
+    s.set_defaults(func=_guard(cmd_status))
+    d = rsub.add_parser("degrade", help="degrade one step now; held until `runtime restore`")
+    d.add_argument("--reason", required=True, help="why (recorded in the policy)")
+    d.add_argument("--json", action="store_true")
+    _common(d)
+    d.set_defaults(func=_guard(cmd_degrade))
+    o = rsub.add_parser("restore", help="back to the baseline policy of the profile")
+    o.add_argument("--json", action="store_true")
+    _common(o)
+    o.set_defaults(func=_guard(cmd_restore))
+    lo = rsub.add_parser("reload", help="re-detect the machine and re-resolve the baseline")
+    lo.add_argument("--json", action="store_true")
+    _common(lo)
+    lo.set_defaults(func=_guard(cmd_reload))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anime-pipeline")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
+        return int(e.code or 0)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
