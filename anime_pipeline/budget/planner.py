@@ -22,7 +22,7 @@ import numpy as np
 
 from anime_pipeline.budget.cost import DEFAULT_BACKEND_COSTS, CostHistory, rate_per_second
 from anime_pipeline.budget.ladders import ladders_json
-from anime_pipeline.budget.solver import Solution, solve_mckp, solve_uniform
+from anime_pipeline.budget.solver import Solution, pareto_front, solve_mckp, solve_uniform
 from anime_pipeline.domain.contracts import (
     BACKEND_ANIMATIC,
     BACKEND_SOURCE_CLIP,
@@ -53,6 +53,7 @@ PROFILE_BASE_RESOLUTION = {"LOW": "480p", "MEDIUM": "540p", "HIGH": "720p"}
 PROFILE_CEILING_RESOLUTION = {"LOW": "540p", "MEDIUM": "720p", "HIGH": "1080p"}
 PROFILES = ("LOW", "MEDIUM", "HIGH")
 
+FPS_CAP_FACTOR = {"low": 0.5, "medium": 1.0, "high": 2.0}  # x baseline, with dynamic fps
 FPS_LADDER = (6.0, 8.0, 12.0, 16.0, 24.0, 30.0, 48.0, 60.0)
 MIN_FPS = 6.0
 MIN_CANDIDATE_HEIGHT = 360
@@ -394,12 +395,8 @@ def shot_fps_range(a: ShotAnalysis, s: PlanSettings) -> tuple[float, float]:
     if not s.dynamic_fps:
         fixed = min(max(s.baseline_fps, s.min_fps or 0.0), s.fps_cap)
         return fixed, fixed
-    if a.complexity == "low":
-        cap = s.baseline_fps
-    elif a.complexity == "medium":
-        cap = s.baseline_fps * 1.5
-    else:
-        cap = s.baseline_fps * 2
+    # the profile's baseline for medium shots; low ones lowered, high ones raised
+    cap = s.baseline_fps * FPS_CAP_FACTOR[a.complexity]
     cap = max([f for f in FPS_LADDER if f <= cap] or [cap])  # snap onto the ladder
     floor = max(lowest, s.min_fps or 0.0)
     if a.critical:
@@ -456,7 +453,13 @@ def build_candidates(
     """Every shot's candidate tiers (fps x resolution x backend) with cost and value."""
     s = settings
     n = len(analyses)
-    ranges = [shot_fps_range(a, s) for a in analyses]
+    cache: dict[tuple[str, bool], tuple[float, float]] = {}
+    ranges = []
+    for a in analyses:
+        key = (a.complexity, a.critical)
+        if key not in cache:
+            cache[key] = shot_fps_range(a, s)
+        ranges.append(cache[key])
     fps_set = {_snap_fps(f) for f in FPS_LADDER if min(MIN_FPS, s.fps_cap) <= f <= s.fps_cap}
     for lo, hi in ranges:
         fps_set.update((lo, hi))
@@ -620,11 +623,15 @@ def assign_backends(
     """CB3: ordered backend preference, retry budget and degrade ladder per shot."""
     grid = allocation.grid
     out: list[ShotAssignment] = []
-    restricted = allocation.restricted
+    restricted = (allocation.restricted.tolist() if allocation.restricted is not None
+                  else None)
+    choice = allocation.choice.tolist()
+    backend_idx = grid.backend_idx.tolist()
+    segments = grid.segments.astype(int).tolist()
     for i, a in enumerate(analyses):
-        cell = int(allocation.choice[i])
+        cell = choice[i]
         backend = grid.backends[cell]
-        b_i = int(grid.backend_idx[cell])
+        b_i = backend_idx[cell]
         prefs: list[str] = []
         if backend in GENERATIVE_BACKENDS and settings.backend_priority:
             prefs.append(backend)
@@ -655,7 +662,7 @@ def assign_backends(
         out.append(ShotAssignment(
             backend=backend, backend_preference=prefs, retry_budget=retry,
             degrade_ladder_profile=ladder, segment_policy=segment_policy(limit),
-            segment_max_ms=limit, segments=int(grid.segments[i, b_i]),
+            segment_max_ms=limit, segments=segments[i][b_i],
         ))
     return out
 
@@ -852,31 +859,51 @@ def _out_num(x: float) -> float | int:
     return int(round(xf)) if abs(xf - round(xf)) < 1e-9 else round(xf, 3)
 
 
-def _candidate_json(grid: CandidateGrid, i: int, j: int) -> dict[str, Any]:
-    fps = _out_num(grid.fps[j])
-    return {
-        "id": f"{fps}fps_{grid.tiers[j]}_{grid.backends[j]}",
-        "fps": fps,
-        "resolution": grid.tiers[j],
-        "backend": grid.backends[j],
-        "gpu_sec": round(float(grid.cost[i, j]), 2),
-        "value": round(float(grid.value[i, j]), 4),
-        "cost_source": grid.cost_source[int(grid.type_idx[i])][j],
-    }
+class _CandidateWriter:
+    """JSON for candidates, with the per-cell strings and the rounding done once."""
 
+    def __init__(self, grid: CandidateGrid) -> None:
+        self.grid = grid
+        self.fps = [_out_num(f) for f in grid.fps.tolist()]
+        self.ids = [f"{f}fps_{t}_{b}" for f, t, b in zip(self.fps, grid.tiers, grid.backends,
+                                                         strict=True)]
+        n = grid.cost.shape[0]
+        if n:
+            idx, _, _ = pareto_front(grid.cost, grid.value)
+        else:
+            idx = np.zeros((0, 1), dtype=int)
+        self.front_idx = idx.tolist()
+        safe = np.where(idx >= 0, idx, 0)
+        rows = np.arange(n)[:, None]
+        self.front_cost = np.round(grid.cost[rows, safe], 2).tolist()
+        self.front_value = np.round(grid.value[rows, safe], 4).tolist()
 
-def _front(grid: CandidateGrid, i: int) -> list[int]:
-    c = grid.cost[i]
-    v = grid.value[i]
-    idx = np.flatnonzero(np.isfinite(c))
-    idx = idx[np.lexsort((-v[idx], c[idx]))]
-    out: list[int] = []
-    best = -math.inf
-    for j in idx.tolist():
-        if v[j] > best:
-            out.append(j)
-            best = float(v[j])
-    return out
+    def one(self, i: int, j: int) -> dict[str, Any]:
+        g = self.grid
+        return {
+            "id": self.ids[j], "fps": self.fps[j], "resolution": g.tiers[j],
+            "backend": g.backends[j], "gpu_sec": round(float(g.cost[i, j]), 2),
+            "value": round(float(g.value[i, j]), 4),
+            "cost_source": g.cost_source[int(g.type_idx[i])][j],
+        }
+
+    def front(self, i: int, chosen: int) -> list[dict[str, Any]]:
+        g = self.grid
+        sources = g.cost_source[int(g.type_idx[i])]
+        out = []
+        seen = False
+        for j, c, v in zip(self.front_idx[i], self.front_cost[i], self.front_value[i],
+                           strict=True):
+            if j < 0:
+                break
+            seen = seen or j == chosen
+            out.append({"id": self.ids[j], "fps": self.fps[j], "resolution": g.tiers[j],
+                        "backend": g.backends[j], "gpu_sec": c, "value": v,
+                        "cost_source": sources[j]})
+        if not seen:  # the uniform level may pick a dominated tier: show it anyway
+            out.append(self.one(i, chosen))
+            out.sort(key=lambda d: (d["gpu_sec"], -d["value"]))
+        return out
 
 
 def _failed_plan(reason: str, states: list[str], episode: Episode | None,
@@ -920,12 +947,13 @@ def build_compute_plan(
         states.append(STATE_ALLOCATING)
         allocation = allocate_budget(analyses, settings, history)
         states.append(STATE_ASSIGNING)
-        assign_backends(analyses, allocation, settings)
+        assignments = assign_backends(analyses, allocation, settings)
         states.append(STATE_REBALANCING)
         outcome = rebalance_sla(analyses, allocation, settings)
         warnings += outcome.warnings
         final = outcome.allocation
-        assignments = assign_backends(analyses, final, settings)
+        if final is not allocation:  # CB4 re-allocated: assign the new tiers
+            assignments = assign_backends(analyses, final, settings)
     except PlanningError as e:
         return _failed_plan(str(e), states, episode, creative, warnings, started)
     states.append(STATE_READY)
@@ -942,15 +970,13 @@ def build_compute_plan(
             "even with every shot at its cheapest tier")
     later = set(outcome.stages[1]["shots"]) if outcome.staged else set()
     shots_out: list[dict[str, Any]] = []
+    writer = _CandidateWriter(grid)
     for i, a in enumerate(analyses):
         j = int(final.choice[i])
         asg = assignments[i]
-        front = _front(grid, i)
-        if j not in front:
-            front = sorted([*front, j], key=lambda x: float(grid.cost[i, x]))
         charged = round(float(final.charged[i]), 2)
         render = round(float(grid.cost[i, j]), 2)
-        chosen = _candidate_json(grid, i, j)
+        chosen = writer.one(i, j)
         if outcome.staged:
             shot_stages = ["preview", "final"] if a.shot_id in later else ["preview"]
         else:
@@ -980,12 +1006,12 @@ def build_compute_plan(
             "floor": {"fps": _out_num(grid.floor_fps[i]),
                       "resolution": tier_for_height(int(grid.floor_h[i]))},
             "stages": shot_stages,
-            "preview": (_candidate_json(grid, i, pj) if "final" in shot_stages
+            "preview": (writer.one(i, pj) if "final" in shot_stages
                         and outcome.staged else None),
             "signals": {"event_density": a.event_density, "peak_energy": a.peak_energy,
                         "in_audio_manifest": a.in_manifest,
                         "duration_ms": a.duration_ms, "shot_type": a.shot_type},
-            "candidates": [_candidate_json(grid, i, x) for x in front],
+            "candidates": writer.front(i, j),
             "chosen": chosen,
         })
     total_sec = math.fsum(float(x) for x in (s["estimated_cost"]["gpu_sec"]
