@@ -91,7 +91,10 @@ def main() -> int:
         shot_ids = [s.id for s in bundle.episode.shots]
         definitions = defs()
         quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-        with dg.instance_for_test(temp_dir=str(tmpd / "dagster")) as instance:
+        from dagster._core.instance.ref import InstanceRef
+
+        (tmpd / "dagster").mkdir()
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmpd / "dagster"))) as instance:
             register_partitions(instance, key, shot_ids)
             r = definitions.resolve_job_def("plan_episode").execute_in_process(
                 instance=instance, partition_key=key, run_config=quiet)

@@ -188,6 +188,8 @@ def render_shot(
     for step in ladder:
         if step.action == "placeholder":
             break
+        if spec.backend not in backends and step.action != "next_backend":
+            continue  # lowering fps or resolution cannot help a backend that is not there
         new_spec = _apply_step(spec, step, backend_preference)
         if new_spec is None:
             continue

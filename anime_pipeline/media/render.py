@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -70,22 +68,6 @@ def fps_fraction(fps: float) -> Fraction:
         if abs(float(ntsc) - fps) < 0.005:
             return ntsc
     return Fraction(fps).limit_denominator(1000)
-
-
-@contextmanager
-def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``final``; rename it over ``final`` only on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}",
-                               dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def _compile(stream: ffmpeg.nodes.OutputStream) -> list[str]:
