@@ -190,7 +190,7 @@ def synthesize_mix(
     buf = np.zeros((n, 2), dtype=np.float32)
     rng = np.random.default_rng(seed)
     kick, snare = _kick(sr), _snare(sr, rng)
-    hat = _noise_hit(sr, rng, 0.06, 0.012, 2)
+    hat = _noise_hit(sr, rng, 0.06, 0.015, 1)
     crash = _noise_hit(sr, rng, 1.5, 0.4, 1)
     riser = _noise_hit(sr, rng, 1.0, 10.0, 2)[::-1].copy()  # swells into the next section
 
