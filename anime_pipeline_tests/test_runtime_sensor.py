@@ -25,25 +25,28 @@ NO_GPU = not nvml.query().gpus
 SHOTS = dg.StaticPartitionsDefinition([f"S{i:02d}" for i in range(1, 9)])
 
 
-# Like the pipeline's `clips`: per-shot partitions, an episode's shots in one run.
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 
-@dg.asset(name="clips", partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
-def failing_clips(context: dg.AssetExecutionContext) -> None:
-    raise RuntimeError(f"render of {context.partition_keys} failed: out of memory")
+def clips_asset(key: str, outcome: str) -> dg.AssetsDefinition:
+    """Like the pipeline's `clips`: per-shot partitions, an episode's shots in one run.
+
+    ``outcome``: "fail" (the step raises), "ok", or "placeholder" (slates stood in).
+    """
+
+    @dg.asset(key=key, partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
+    def _clips(context: dg.AssetExecutionContext) -> None:
+        if outcome == "fail":
+            raise RuntimeError(f"render of {context.partition_keys} failed: out of memory")
+        slate = outcome == "placeholder"
+        for k in context.partition_keys:
+            context.add_asset_metadata({"placeholder": slate, "degraded": slate}, partition_key=k)
+
+    return _clips
 
 
-@dg.asset(name="clips", partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
-def good_clips(context: dg.AssetExecutionContext) -> None:
-    for key in context.partition_keys:
-        context.add_asset_metadata({"placeholder": False, "degraded": False}, partition_key=key)
-
-
-@dg.asset(name="clips", partitions_def=SHOTS, backfill_policy=SINGLE_RUN)
-def placeholder_clips(context: dg.AssetExecutionContext) -> None:
-    for key in context.partition_keys:
-        context.add_asset_metadata({"placeholder": True, "degraded": True}, partition_key=key)
+failing_clips = clips_asset("clips", "fail")
+good_clips = clips_asset("clips", "ok")
 
 
 def render(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, first: str, last: str) -> None:
@@ -55,8 +58,9 @@ def render(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, first: str,
     dg.materialize([asset], instance=instance, tags=tags, raise_on_error=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def instance() -> Iterator[dg.DagsterInstance]:
+    # one instance for the module (it is slow to create); each test uses its own asset key
     with dg.instance_for_test() as inst:
         yield inst
 
@@ -134,12 +138,13 @@ def test_degrade_then_restore_with_hysteresis(instance: dg.DagsterInstance, home
 
 
 def test_state_survives_a_restart(instance: dg.DagsterInstance, home: Path) -> None:
-    sensor = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS)
-    render(instance, failing_clips, "S01", "S04")
+    key = dg.AssetKey("clips_restart")
+    sensor = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS, clips_key=key)
+    render(instance, clips_asset("clips_restart", "fail"), "S01", "S04")
     r = tick(sensor, instance, None)
     assert StateStore(home).load().breach_streak == 1
     # `dagster dev` restarted: a new sensor object, the cursor lost — the file remembers
-    restarted = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS)
+    restarted = build_runtime_monitor_sensor(state_dir_=home, thresholds=THRESHOLDS, clips_key=key)
     r = tick(restarted, instance, None)
     assert current_policy(home).degraded
     # the state file lost instead: the sensor cursor remembers
@@ -150,9 +155,10 @@ def test_state_survives_a_restart(instance: dg.DagsterInstance, home: Path) -> N
 
 
 def test_placeholder_slates_count_as_failed_renders(instance: dg.DagsterInstance) -> None:
-    render(instance, placeholder_clips, "S01", "S02")
-    render(instance, good_clips, "S03", "S03")
-    stats = clip_render_stats(instance, since=0)
+    key = dg.AssetKey("clips_slates")
+    render(instance, clips_asset("clips_slates", "placeholder"), "S01", "S02")
+    render(instance, clips_asset("clips_slates", "ok"), "S03", "S03")
+    stats = clip_render_stats(instance, since=0, asset_key=key)
     assert (stats.failed, stats.succeeded) == (2, 1)
     assert stats.rate == pytest.approx(2 / 3)
     assert clip_render_stats(instance, since=0, asset_key=dg.AssetKey("other")).total == 0
