@@ -182,7 +182,67 @@ def solve_mckp(costs: np.ndarray, values: np.ndarray, budget: float | None) -> S
     pos, left = _fill(pc, pv, pos, left)
     pos, left = _exchange(pc, pv, pos, left, budget)
     pos = _repair(pc, pv, pos, budget)
-    return finish(pos, True, "mckp_hull_greedy", ub)
+    name = "mckp_hull_greedy"
+    dp_pos = _small_dp(pc, pv, budget, min_cost)
+    if dp_pos is not None:
+        dp_left = budget - _fsum_pick(pc, rows, dp_pos)
+        dp_pos, dp_left = _fill(pc, pv, dp_pos, dp_left)
+        dp_pos, dp_left = _exchange(pc, pv, dp_pos, dp_left, budget)
+        if (_fsum_pick(pc, rows, dp_pos) <= budget
+                and _fsum_pick(pv, rows, dp_pos) > _fsum_pick(pv, rows, pos)):
+            pos, name = dp_pos, "mckp_hull_greedy+dp"
+    return finish(pos, True, name, ub)
+
+
+#: the dynamic programme runs when shots x front candidates is at most this
+DP_MAX_CELLS = 4000
+#: ... and does at most this many cell updates in all
+DP_MAX_WORK = 10_000_000
+DP_MAX_UNITS = 20_000
+
+
+def _small_dp(pc: np.ndarray, pv: np.ndarray, budget: float, min_cost: float
+              ) -> np.ndarray | None:
+    """Small episodes: exact DP over the extra cost above each shot's cheapest candidate,
+    in units of ``left / G`` rounded *up* (so every DP solution is feasible with the real
+    costs). Its only loss is the rounding (< one unit per shot); the caller keeps the
+    better of this and the greedy. None when the instance is too large for it."""
+    n, k = pc.shape
+    cells = int(np.isfinite(pc).sum())
+    left = budget - min_cost
+    if cells > DP_MAX_CELLS or left <= 1e-9 * max(1.0, abs(budget)) or k < 2:
+        return None
+    units = min(DP_MAX_UNITS, DP_MAX_WORK // max(1, cells))
+    if units < 50 * n:  # rounding would cost more than ~2% of the budget left
+        return None
+    unit = left / units
+    extra = pc - pc[:, :1]
+    with np.errstate(invalid="ignore"):
+        w = np.where(np.isfinite(extra), np.ceil(extra / unit - 1e-9), units + 1)
+    w = np.where(np.isfinite(extra) & (w * unit < extra), w + 1, w)
+    w = np.minimum(w, units + 1).astype(np.int64)
+    dp = np.zeros(units + 1)
+    arg = np.zeros((n, units + 1), dtype=np.int16)
+    for i in range(n):
+        new = dp + pv[i, 0]
+        a = arg[i]
+        for j in range(1, k):
+            wj = int(w[i, j])
+            if wj > units or not np.isfinite(pv[i, j]):
+                continue
+            cand = dp[: units + 1 - wj] + pv[i, j]
+            better = cand > new[wj:]
+            if better.any():
+                new[wj:] = np.where(better, cand, new[wj:])
+                a[wj:][better] = j
+        dp = new
+    pos = np.zeros(n, dtype=int)
+    b = units
+    for i in range(n - 1, -1, -1):
+        j = int(arg[i, b])
+        pos[i] = j
+        b -= int(w[i, j]) if j else 0
+    return pos
 
 
 def _fill(pc: np.ndarray, pv: np.ndarray, pos: np.ndarray, left: float,
@@ -285,6 +345,7 @@ def solve_uniform(costs: np.ndarray, values: np.ndarray, levels: np.ndarray,
     t0 = time.perf_counter()
     costs = np.asarray(costs, dtype=float)
     values = np.asarray(values, dtype=float)
+    levels = np.array(levels, dtype=int, copy=True)
     n = costs.shape[0]
     rows = np.arange(n)
     c = np.where(np.isfinite(costs), costs, np.inf)
@@ -293,6 +354,9 @@ def solve_uniform(costs: np.ndarray, values: np.ndarray, levels: np.ndarray,
     best: tuple[float, int] | None = None
     for lv in range(levels.shape[1]):
         cols = levels[:, lv]
+        # a shot whose level cell is not one of its candidates keeps its cheapest one
+        cols = np.where(np.isfinite(c[rows, cols]), cols, cheapest)
+        levels[:, lv] = cols
         total = math.fsum(c[rows, cols].tolist())
         if not math.isfinite(total) or (budget is not None and total > budget):
             continue
@@ -301,7 +365,7 @@ def solve_uniform(costs: np.ndarray, values: np.ndarray, levels: np.ndarray,
             best = (val, lv)
     feasible = best is not None
     choice = levels[:, best[1]] if best is not None else cheapest
-    if best is None and budget is not None and min_cost <= budget:
+    if best is None and (budget is None or min_cost <= budget):
         feasible = True  # no whole level fits, but the cheapest plan does
     return Solution(
         choice=np.asarray(choice),
