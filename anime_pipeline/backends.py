@@ -39,7 +39,7 @@ class AnimaticBackend:
             job.episode_root / job.shot.keyframe, out,
             duration_ms=job.shot.duration_ms, move=job.shot.camera.move.value,
             strength=job.shot.camera.strength, gen=_generation(job),
-            delivery=_delivery(job.delivery), thumbnail=job.thumbnail,
+            delivery=_delivery(job.delivery), thumbnail=job.thumbnail, encoder=job.spec.encoder,
         )
         media.render(args, timeout=self.timeout_s)
 
@@ -64,6 +64,7 @@ class SourceClipBackend:
         args = media.source_clip_args(
             uri, out, in_ms=source.in_ms, duration_ms=job.shot.duration_ms,
             gen=_generation(job), delivery=_delivery(job.delivery), thumbnail=job.thumbnail,
+            encoder=job.spec.encoder,
         )
         media.render(args, timeout=self.timeout_s)
 

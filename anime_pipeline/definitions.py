@@ -7,11 +7,12 @@ import dagster as dg
 from anime_pipeline.defs.assets import episode_assets
 from anime_pipeline.defs.jobs import JOBS, SCHEDULES, SENSORS
 from anime_pipeline.defs.resources import render_settings_from_env, storage_from_env
+from anime_pipeline.defs.runtime import runtime_defs
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(
+    pipeline = dg.Definitions(
         assets=episode_assets,
         jobs=JOBS,
         sensors=SENSORS,
@@ -21,3 +22,4 @@ def defs() -> dg.Definitions:
         # already concurrent ffmpeg processes, and a process per step costs ~1 s of imports.
         executor=dg.in_process_executor,
     )
+    return dg.Definitions.merge(pipeline, runtime_defs)

@@ -109,6 +109,7 @@ def write_audio_manifest(storage: Storage, bundle: EpisodeBundle) -> dict[str, A
 
 def write_compute_plan(
     storage: Storage, bundle: EpisodeBundle, *, resources: Any = None, history: Any = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from anime_pipeline.budget import build_compute_plan, validate_plan
 
@@ -117,6 +118,8 @@ def write_compute_plan(
     plan: dict[str, Any] = build_compute_plan(
         bundle.episode, bundle.creative, audio, resources=resources, history=history
     )
+    if policy is not None:
+        plan["runtime_policy"] = policy
     validate_plan(plan)
     put_json(storage, keys.compute_plan, plan)
     return plan
@@ -159,6 +162,7 @@ def render_clip(
     ladder: Sequence[Any],
     work_dir: Path,
     force: bool = False,
+    encoder: str = "libx264",
 ) -> RenderedClip:
     """Render one shot (or reuse its clip when nothing that determines it changed)."""
     ep = bundle.episode
@@ -175,7 +179,8 @@ def render_clip(
     thumb = work_dir / f"{shot.id}.jpg"
     prefs = list(entry["backend_preference"])
     job = ShotJob(shot, bundle.root, ep.format,
-                  RenderSpec(prefs[0], float(entry["target_fps"]), entry["target_resolution"]),
+                  RenderSpec(prefs[0], float(entry["target_fps"]), entry["target_resolution"],
+                             encoder),
                   thumbnail=thumb)
     result: ClipResult = render_shot(
         job, out, backends=backends, backend_preference=prefs,
@@ -206,6 +211,7 @@ def render_clips(
     concurrency: int = 4,
     work_dir: Path,
     force: bool = False,
+    encoder: str = "libx264",
     on_done: Callable[[RenderedClip, int, int], None] | None = None,
 ) -> list[RenderedClip]:
     """Render shots concurrently, at most ``concurrency`` ffmpeg processes at a time.
@@ -224,7 +230,7 @@ def render_clips(
             pool.submit(
                 render_clip, storage, bundle, entries[sid], backends=backends,
                 placeholder=placeholder, ladder=get_ladder(entries[sid]["degrade_ladder_profile"]),
-                work_dir=work_dir, force=force,
+                work_dir=work_dir, force=force, encoder=encoder,
             ): sid
             for sid in ids
         }
@@ -258,6 +264,8 @@ def write_composite(
         )
     t0 = time.perf_counter()
     clip_paths = [storage.fetch(keys.clip(s.id)) for s in ep.shots]
+    encoders = {get_json(storage, keys.clip_record(s.id))["result"].get("encoder", "libx264")
+                for s in ep.shots}
     cues = cues_for(ep)
     srt = work_dir / f"{ep.episode_id}.srt"
     ass = work_dir / f"{ep.episode_id}.ass"
@@ -272,7 +280,7 @@ def write_composite(
         list_file, bundle.path(ep.audio), srt if cues else None, out,
         duration_ms=ep.duration_ms, delivery=delivery,
         burn_in_ass=ass if (burn_subtitles and cues) else None,
-        subtitle_language=track_language(cues), title=ep.title,
+        subtitle_language=track_language(cues), title=ep.title, reencode=len(encoders) > 1,
     ))
     info = ff.probe(out)
     sheet = work_dir / "contact_sheet.jpg"
@@ -285,6 +293,8 @@ def write_composite(
         "subtitle_cues": len(cues),
         "subtitle_language": track_language(cues),
         "burned_in": bool(burn_subtitles and cues),
+        "clip_encoders": sorted(encoders),
+        "video_copied": not (burn_subtitles and cues) and len(encoders) == 1,
         "size_bytes": out.stat().st_size,
         "sha256": sha256_file(out),
         "seconds": round(time.perf_counter() - t0, 3),

@@ -27,6 +27,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     root = tmp_path_factory.mktemp("e2e")
     mp = pytest.MonkeyPatch()
     mp.setenv("ANIME_PIPELINE_STORAGE", str(root / "artifacts"))
+    mp.setenv("ANIME_PIPELINE_HOME", str(root / "home"))
     mp.setenv("ANIME_PIPELINE_RENDER_CONCURRENCY", "2")
     folder = write_sample_episode(root / "ep01")
     (root / "dagster").mkdir()
@@ -35,6 +36,14 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         yield {"result": result, "instance": instance, "folder": folder,
                "store": LocalStore(root / "artifacts"), "root": root}
     mp.undo()
+
+
+@pytest.fixture
+def module_env(rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Point this test at the module's storage and home (the autouse fixture isolates)."""
+    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(rendered["root"] / "artifacts"))
+    monkeypatch.setenv("ANIME_PIPELINE_HOME", str(rendered["root"] / "home"))
+    return rendered
 
 
 def test_render_reports_paths(rendered: dict[str, Any]) -> None:
@@ -123,8 +132,9 @@ def test_materializations_per_shot_with_metadata(rendered: dict[str, Any]) -> No
     assert "contact_sheet" in comp.asset_materialization.metadata  # type: ignore[union-attr]
 
 
-def test_rerender_reuses_unchanged_clips(rendered: dict[str, Any]) -> None:
+def test_rerender_reuses_unchanged_clips(module_env: dict[str, Any]) -> None:
     """Re-running skips every clip whose inputs did not change; a changed shot re-renders."""
+    rendered = module_env
     instance = rendered["instance"]
     folder: Path = rendered["folder"]
     store = rendered["store"]
@@ -146,13 +156,13 @@ def test_rerender_reuses_unchanged_clips(rendered: dict[str, Any]) -> None:
     assert verify_package(Path(rendered["result"]["package"])) == []
 
 
-def test_cli_render_json(rendered: dict[str, Any], capsys: pytest.CaptureFixture[str],
+def test_cli_render_json(module_env: dict[str, Any], capsys: pytest.CaptureFixture[str],
                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`render --json` prints one JSON object; runs land on the instance in $DAGSTER_HOME."""
+    rendered = module_env
     home = rendered["root"] / "dagster_home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(rendered["root"] / "artifacts"))
     assert main(["render", str(rendered["folder"]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["episode_key"] == EP and out["composite"].endswith("composite/ep01.mp4")

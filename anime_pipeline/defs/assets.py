@@ -18,7 +18,9 @@ from anime_pipeline.defs.partitions import (
     episode_to_clips,
     register_partitions,
 )
+from anime_pipeline.defs.planning import cost_history, policy_record, resource_state
 from anime_pipeline.defs.resources import RenderSettings, StorageResource
+from anime_pipeline.defs.runtime import current_policy
 from anime_pipeline.media.render import image_markdown
 from anime_pipeline.storage import EpisodeKeys, get_json
 
@@ -92,12 +94,12 @@ def audio_event_manifest(
 def shot_compute_budget_plan(
     context: dg.AssetExecutionContext, storage: StorageResource
 ) -> dg.MaterializeResult:
-    from anime_pipeline.defs.planning import cost_history, resource_state
-
     store = storage.store()
     bundle = steps.load_registered(store, context.partition_key)
+    policy = current_policy()
     plan = steps.write_compute_plan(store, bundle, resources=resource_state(context.instance),
-                                    history=cost_history(context.instance))
+                                    history=cost_history(context.instance),
+                                    policy=policy_record(policy))
     summary = plan["budget_summary"]
     return dg.MaterializeResult(metadata={
         "status": plan["status"],
@@ -105,6 +107,8 @@ def shot_compute_budget_plan(
         "estimated_gpu_minutes": summary.get("estimated_gpu_minutes"),
         "max_gpu_minutes": summary.get("max_gpu_minutes"),
         "shots": len(plan["shots"]),
+        "runtime_policy": policy.name,
+        "policy_degraded": policy.degraded,
         "path": dg.MetadataValue.path(store.uri(EpisodeKeys(bundle.episode.key).compute_plan)),
         "plan": dg.MetadataValue.md(_md_table(
             [{**s, "gpu_sec": s["estimated_cost"]["gpu_sec"],
@@ -126,6 +130,9 @@ def clips(
     from anime_pipeline.budget import get_ladder
 
     store = storage.store()
+    # The policy in force when the run starts caps concurrency and picks the encoder.
+    policy = current_policy()
+    concurrency = min(render_settings.concurrency, policy.render_concurrency)
     by_episode: dict[str, list[str]] = defaultdict(list)
     for key in context.partition_keys:
         dims = clip_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
@@ -142,14 +149,14 @@ def clips(
             context.add_asset_metadata({"in_episode": False},
                                        partition_key=clip_key(episode_key, sid))
         wanted = [s for s in shot_ids if s in planned]
-        context.log.info(f"{episode_key}: rendering {len(wanted)} shot(s), "
-                         f"{render_settings.concurrency} at a time")
+        context.log.info(f"{episode_key}: rendering {len(wanted)} shot(s), {concurrency} at a "
+                         f"time, encoder {policy.encoder}, policy {policy.name}")
         with store.scratch() as work:
             rendered = steps.render_clips(
                 store, bundle, plan, wanted, backends=default_backends(),
                 placeholder=PlaceholderBackend(), get_ladder=get_ladder,
-                concurrency=render_settings.concurrency, work_dir=work,
-                force=render_settings.force,
+                concurrency=concurrency, work_dir=work, force=render_settings.force,
+                encoder=policy.encoder,
                 on_done=lambda c, i, n: context.log.info(
                     f"[{i}/{n}] {c.shot_id}: " + ("cached" if c.cached else
                     "PLACEHOLDER" if c.placeholder else "degraded" if c.degraded else "ok")),
@@ -164,6 +171,9 @@ def clips(
                     "duration_ms": shot.duration_ms,
                     "fps": r["fps"],
                     "resolution": r["resolution"],
+                    "encoder": r.get("encoder", "libx264"),
+                    "runtime_policy": policy.name,
+                    "policy_degraded": policy.degraded,
                     "degraded": clip.degraded,
                     "placeholder": clip.placeholder,
                     "reason": r.get("reason") or "",
@@ -207,6 +217,7 @@ def composite(
         "subtitle_streams": kinds.count("subtitle"),
         "subtitle_cues": record["subtitle_cues"],
         "subtitles_burned_in": record["burned_in"],
+        "video_copied": record["video_copied"],
         "size_bytes": record["size_bytes"],
         "compose_seconds": record["seconds"],
         "path": dg.MetadataValue.path(record["path"]),

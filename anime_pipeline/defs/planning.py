@@ -6,7 +6,9 @@ from typing import Any
 
 import dagster as dg
 
+from anime_pipeline.defs.runtime import current_resource_state
 from anime_pipeline.domain.contracts import ResourceState
+from anime_pipeline.runtime.policy import ExecutionPolicy
 
 HISTORY_LIMIT = 2000
 _ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
@@ -20,7 +22,15 @@ def queue_depth(instance: dg.DagsterInstance) -> int:
 
 def resource_state(instance: dg.DagsterInstance) -> ResourceState:
     """The machine as the runtime policy in force sees it, plus the instance's queue."""
-    return ResourceState(gpu_queue_depth=queue_depth(instance))
+    return current_resource_state(queue_depth(instance))
+
+
+def policy_record(policy: ExecutionPolicy) -> dict[str, Any]:
+    """What a plan and each clip record of the policy they were made under."""
+    return {"name": policy.name, "profile_class": str(policy.profile_class),
+            "degraded": policy.degraded, "degrade_level": policy.degrade_level,
+            "reasons": list(policy.reasons), "encoder": policy.encoder,
+            "render_concurrency": policy.render_concurrency}
 
 
 def clip_history_records(instance: dg.DagsterInstance, limit: int = HISTORY_LIMIT

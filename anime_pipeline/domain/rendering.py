@@ -29,6 +29,7 @@ log = logging.getLogger("anime_pipeline.render")
 # Bump when a change to the renderer changes its output for the same inputs.
 RENDERER_VERSION = "1"
 MIN_FPS = 6.0
+SOFTWARE_ENCODER = "libx264"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RenderSpec:
     backend: str
     fps: float
     resolution: str
+    encoder: str = SOFTWARE_ENCODER  # libx264, or h264_nvenc when the policy allows it
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Attempt:
     seconds: float
     error: str | None = None
     step: str = "initial"
+    encoder: str = SOFTWARE_ENCODER
 
 
 @dataclass
@@ -93,6 +96,7 @@ class ClipResult:
     reason: str | None
     attempts: list[Attempt] = field(default_factory=list)
     seconds: float = 0.0
+    encoder: str = SOFTWARE_ENCODER
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -162,14 +166,14 @@ def render_shot(
         except Exception as e:  # a backend may fail in any way; record and move on
             last_error = f"{spec.backend}: {type(e).__name__}: {str(e).strip()[:300]}"
             a = Attempt(spec.backend, spec.fps, spec.resolution, False,
-                        time.perf_counter() - t, last_error, step)
+                        time.perf_counter() - t, last_error, step, spec.encoder)
             attempts.append(a)
             log.warning("shot %s attempt failed (%s): %s", job.shot.id, step, last_error)
             if on_attempt:
                 on_attempt(a)
             return False
         a = Attempt(spec.backend, spec.fps, spec.resolution, True, time.perf_counter() - t,
-                    None, step)
+                    None, step, spec.encoder)
         attempts.append(a)
         if on_attempt:
             on_attempt(a)
@@ -178,13 +182,18 @@ def render_shot(
     def result(spec: RenderSpec, degraded: bool) -> ClipResult:
         return ClipResult(job.shot.id, out, spec.backend, spec.fps, spec.resolution, degraded,
                           False, last_error if degraded else None, attempts,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, spec.encoder)
 
     for i in range(1 + max(0, retry_budget)):
         if attempt(spec, "initial" if i == 0 else f"retry {i}"):
             return result(spec, degraded=False)
         if spec.backend not in backends:
             break  # retrying an unconfigured backend cannot help
+    if spec.encoder != SOFTWARE_ENCODER and spec.backend in backends:
+        # A hardware encoder can fail where the software one works (driver, session limits).
+        spec = replace(spec, encoder=SOFTWARE_ENCODER)
+        if attempt(spec, "software_encoder"):
+            return result(spec, degraded=True)
     for step in ladder:
         if step.action == "placeholder":
             break

@@ -71,7 +71,9 @@ def run(args: Sequence[str], *, timeout: float | None = None, input: bytes | Non
         raise FfmpegError(f"ffmpeg timed out after {timeout}s", cmd) from e
     stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
-        raise FfmpegError(f"ffmpeg failed (exit {proc.returncode}): {_tail(stderr, 4)}", cmd, stderr)
+        raise FfmpegError(
+            f"ffmpeg failed (exit {proc.returncode}): {_tail(stderr, 4)}", cmd, stderr
+        )
     return stderr
 
 
@@ -84,7 +86,9 @@ def run_stdout(args: Sequence[str], *, timeout: float | None = None) -> bytes:
         raise FfmpegError(f"ffmpeg timed out after {timeout}s", cmd) from e
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", "replace")
-        raise FfmpegError(f"ffmpeg failed (exit {proc.returncode}): {_tail(stderr, 4)}", cmd, stderr)
+        raise FfmpegError(
+            f"ffmpeg failed (exit {proc.returncode}): {_tail(stderr, 4)}", cmd, stderr
+        )
     return proc.stdout
 
 

@@ -20,17 +20,25 @@ import ffmpeg  # ffmpeg-python
 
 from anime_pipeline.media import ffmpeg as ff
 
-# One codec configuration for every delivered clip (required for a concat `-c copy`).
-VIDEO_CODEC_ARGS = {
-    "c:v": "libx264",
-    "preset": "veryfast",
-    "crf": 20,
-    "pix_fmt": "yuv420p",
-    "profile:v": "high",
-    "bf": 0,  # no B-frames: no edit lists, exact durations, clean concat
-    "video_track_timescale": 90000,
-    "movflags": "+faststart",
+SOFTWARE_ENCODER = "libx264"
+_COMMON = {"pix_fmt": "yuv420p", "profile:v": "high",
+           "bf": 0,  # no B-frames: no edit lists, exact durations, clean concat
+           "video_track_timescale": 90000, "movflags": "+faststart"}
+# One codec configuration per encoder for every delivered clip (a concat `-c copy` needs
+# identical streams; the composite re-encodes when an episode's clips used different ones).
+ENCODER_ARGS: dict[str, dict[str, object]] = {
+    "libx264": {"c:v": "libx264", "preset": "veryfast", "crf": 20, **_COMMON},
+    "h264_nvenc": {"c:v": "h264_nvenc", "preset": "p4", "rc": "vbr", "cq": 21, "b:v": 0,
+                   **_COMMON},
 }
+VIDEO_CODEC_ARGS = ENCODER_ARGS[SOFTWARE_ENCODER]
+
+
+def codec_args(encoder: str) -> dict[str, object]:
+    try:
+        return ENCODER_ARGS[encoder]
+    except KeyError:
+        raise ValueError(f"unsupported encoder {encoder!r}; one of {list(ENCODER_ARGS)}") from None
 
 
 THUMB_WIDTH = 320
@@ -88,13 +96,13 @@ def _conform(video: ffmpeg.nodes.FilterableStream, delivery: Delivery, frames: i
 
 
 def _encode(video, out: Path, delivery: Delivery, frames: int,
-            thumbnail: Path | None = None) -> list[str]:
+            thumbnail: Path | None = None, encoder: str = SOFTWARE_ENCODER) -> list[str]:
     """Encode to ``out``; with ``thumbnail``, also write the middle frame as a small JPEG
     from the same decode (a second output, no second ffmpeg run)."""
     if thumbnail is None:
         return _compile(ffmpeg.output(
             video, str(out), r=str(delivery.rate), **{"frames:v": frames}, an=None, f="mp4",
-            **VIDEO_CODEC_ARGS,
+            **codec_args(encoder),
         ))
     split = video.split()
     main, side = split[0], split[1]
@@ -102,7 +110,7 @@ def _encode(video, out: Path, delivery: Delivery, frames: int,
              .filter("scale", THUMB_WIDTH, -2))
     return _compile(ffmpeg.merge_outputs(
         ffmpeg.output(main, str(out), r=str(delivery.rate), **{"frames:v": frames}, an=None,
-                      f="mp4", **VIDEO_CODEC_ARGS),
+                      f="mp4", **codec_args(encoder)),
         ffmpeg.output(thumb, str(thumbnail), vframes=1, f="image2", c="mjpeg", q=5),
     ))
 
@@ -143,6 +151,7 @@ def _camera_expressions(move: str, strength: float, n: int, gen: Generation) -> 
 def animatic_args(
     keyframe: Path, out: Path, *, duration_ms: int, move: str, strength: float,
     gen: Generation, delivery: Delivery, thumbnail: Path | None = None,
+    encoder: str = SOFTWARE_ENCODER,
 ) -> list[str]:
     """Keyframe + camera move at the generation rate/size, conformed to delivery."""
     n_gen = max(2, round(duration_ms * gen.fps / 1000))
@@ -160,12 +169,12 @@ def animatic_args(
         "zoompan", z=expr["z"], x=expr["x"], y=expr["y"], d=n_gen,
         s=f"{gen.width}x{gen.height}", fps=gen.fps,
     )
-    return _encode(_conform(moving, delivery, frames), out, delivery, frames, thumbnail)
+    return _encode(_conform(moving, delivery, frames), out, delivery, frames, thumbnail, encoder)
 
 
 def source_clip_args(
     uri: str, out: Path, *, in_ms: int, duration_ms: int, gen: Generation, delivery: Delivery,
-    thumbnail: Path | None = None,
+    thumbnail: Path | None = None, encoder: str = SOFTWARE_ENCODER,
 ) -> list[str]:
     """Cut ``duration_ms`` at ``in_ms`` from a file or http(s) MP4/HLS; keep only the cut."""
     frames = delivery.frames_for(duration_ms)
@@ -175,7 +184,7 @@ def source_clip_args(
         .filter("scale", gen.width, gen.height, force_original_aspect_ratio="decrease")
         .filter("pad", gen.width, gen.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
     )
-    return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail)
+    return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail, encoder)
 
 
 def find_font() -> str | None:
@@ -240,11 +249,12 @@ def concat_list(clips: Sequence[Path], list_file: Path) -> None:
 def composite_args(
     list_file: Path, audio: Path, subtitles_srt: Path | None, out: Path, *,
     duration_ms: int, delivery: Delivery, burn_in_ass: Path | None = None,
-    subtitle_language: str = "und", title: str = "",
+    subtitle_language: str = "und", title: str = "", reencode: bool = False,
 ) -> list[str]:
     """Concat clips (stream copy), mux the mix cut/padded to the episode, soft subtitles.
 
-    With ``burn_in_ass`` the video is re-encoded with the subtitles drawn on it.
+    With ``burn_in_ass`` (subtitles drawn on the picture) or ``reencode`` (clips made by
+    different encoders) the video is re-encoded in software instead of copied.
     """
     seconds = f"{duration_ms / 1000:.3f}"
     args = ["-f", "concat", "-safe", "0", "-i", str(list_file), "-i", str(audio)]
@@ -255,9 +265,11 @@ def composite_args(
         args += ["-map", "2:s:0", "-c:s", "mov_text",
                  "-metadata:s:s:0", f"language={subtitle_language}",
                  "-metadata:s:s:0", "title=Dialogue"]
-    if burn_in_ass is not None:
-        escaped = str(burn_in_ass).replace("\\", "/").replace(":", "\\:").replace("'", "\\'")
-        args += ["-vf", f"ass='{escaped}'"]
+    if burn_in_ass is not None or reencode:
+        if burn_in_ass is not None:
+            escaped = (str(burn_in_ass).replace("\\", "/").replace(":", "\\:")
+                       .replace("'", "\\'"))
+            args += ["-vf", f"ass='{escaped}'"]
         for key, value in VIDEO_CODEC_ARGS.items():
             if key != "movflags":
                 args += [f"-{key}", str(value)]
