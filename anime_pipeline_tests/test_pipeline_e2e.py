@@ -168,3 +168,18 @@ def test_cli_render_json(module_env: dict[str, Any], capsys: pytest.CaptureFixtu
     assert out["episode_key"] == EP and out["composite"].endswith("composite/ep01.mp4")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_runs_count() == 3
+
+
+def test_asset_checks_pass_and_are_recorded(rendered: dict[str, Any]) -> None:
+    instance: dg.DagsterInstance = rendered["instance"]
+    evaluations = {}
+    for run_id in rendered["result"]["run_ids"].values():
+        for rec in instance.all_logs(run_id,
+                                     of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            data = rec.dagster_event.event_specific_data  # type: ignore[union-attr]
+            evaluations[data.check_name] = data.passed  # type: ignore[union-attr]
+    assert evaluations == {
+        "plan_within_budget": True, "every_shot_planned_once": True,
+        "critical_shots_at_floor": True, "composite_matches_episode": True,
+        "package_checksums_match": True,
+    }

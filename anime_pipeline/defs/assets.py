@@ -21,10 +21,22 @@ from anime_pipeline.defs.partitions import (
 from anime_pipeline.defs.planning import cost_history, policy_record, resource_state
 from anime_pipeline.defs.resources import RenderSettings, StorageResource
 from anime_pipeline.defs.runtime import current_policy
+from anime_pipeline.domain import checks
+from anime_pipeline.media.ffmpeg import probe
 from anime_pipeline.media.render import image_markdown
 from anime_pipeline.storage import EpisodeKeys, get_json
 
 EPISODE_GROUP = "episode"
+
+
+def _check_specs(asset_name: str, names: list[str]) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(n, asset=asset_name, blocking=n != "plan_within_budget")
+            for n in names]
+
+
+def _check_result(outcome: checks.CheckOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed,
+                               description=outcome.description, metadata=outcome.metadata)
 
 
 def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -88,6 +100,8 @@ def audio_event_manifest(
 @dg.asset(
     partitions_def=episode_partitions, group_name=EPISODE_GROUP,
     deps=[shot_plan, audio_event_manifest], kinds={"python"},
+    check_specs=_check_specs("shot_compute_budget_plan", [
+        "plan_within_budget", "every_shot_planned_once", "critical_shots_at_floor"]),
     description="Per-shot compute plan: complexity, priority, fps, resolution, backend, "
                 "retry budget, degrade ladder and estimated cost, within the GPU budget.",
 )
@@ -101,7 +115,10 @@ def shot_compute_budget_plan(
                                     history=cost_history(context.instance),
                                     policy=policy_record(policy))
     summary = plan["budget_summary"]
-    return dg.MaterializeResult(metadata={
+    outcomes = [checks.plan_within_budget(plan),
+                checks.every_shot_planned_once(plan, [s.id for s in bundle.episode.shots]),
+                checks.critical_shots_at_floor(plan)]
+    return dg.MaterializeResult(check_results=[_check_result(o) for o in outcomes], metadata={
         "status": plan["status"],
         "global_profile": plan["global_profile"],
         "estimated_gpu_minutes": summary.get("estimated_gpu_minutes"),
@@ -196,6 +213,7 @@ def clips(
 @dg.asset(
     partitions_def=episode_partitions, group_name=EPISODE_GROUP,
     deps=[dg.AssetDep(clips, partition_mapping=episode_to_clips)], kinds={"ffmpeg", "video"},
+    check_specs=_check_specs("composite", ["composite_matches_episode"]),
     description="The episode: clips concatenated by stream copy, the mix cut/padded to the "
                 "episode's length, dialogue as a soft subtitle track (optionally burned in).",
 )
@@ -208,8 +226,13 @@ def composite(
         record = steps.write_composite(store, bundle, work_dir=work,
                                        burn_subtitles=render_settings.burn_subtitles)
         sheet = image_markdown(record.pop("contact_sheet"), "contact sheet")
+    ep = bundle.episode
+    outcome = checks.composite_matches_episode(
+        probe(store.fetch(EpisodeKeys(ep.key).composite)), duration_ms=ep.duration_ms,
+        width=ep.format.width, height=ep.format.height, fps=ep.format.fps,
+        expect_subtitles=record["subtitle_cues"] > 0 and not record["burned_in"])
     kinds = [s["kind"] for s in record["streams"]]
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(check_results=[_check_result(outcome)], metadata={
         "duration_s": record["probed_duration_s"],
         "expected_duration_s": record["duration_ms"] / 1000,
         "video_streams": kinds.count("video"),
@@ -227,7 +250,7 @@ def composite(
 
 @dg.asset(
     partitions_def=episode_partitions, group_name=EPISODE_GROUP, deps=[composite],
-    kinds={"zip"},
+    kinds={"zip"}, check_specs=_check_specs("package_zip", ["package_checksums_match"]),
     description="Delivery ZIP: composite, clips, SRT and ASS subtitles, the three JSON "
                 "manifests and manifest.json with every file's size and sha256 and the lineage.",
 )
@@ -240,7 +263,8 @@ def package_zip(
                "partition": context.partition_key}
     with store.scratch() as work:
         result = steps.write_package(store, bundle, work_dir=work, lineage=lineage)
-    return dg.MaterializeResult(metadata={
+    outcome = checks.package_checksums_match(store.fetch(EpisodeKeys(bundle.episode.key).package))
+    return dg.MaterializeResult(check_results=[_check_result(outcome)], metadata={
         "path": dg.MetadataValue.path(result["path"]),
         "size_bytes": result["size_bytes"],
         "files": result["files"],
