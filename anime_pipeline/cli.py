@@ -73,14 +73,18 @@ class _Progress(logging.Handler):
             print(f"  {record.getMessage()}", file=sys.stderr, flush=True)
 
 
-def _failure(result: Any) -> str:
+def root_cause(error: Any) -> str:
+    """The user's own error message under Dagster's wrapping of it."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return str(error.message).strip()
+
+
+def failure_reason(result: Any) -> str:
     for event in result.all_events:
         if event.is_step_failure or event.is_run_failure:
-            data = event.event_specific_data
-            err = getattr(data, "error", None)
-            if err is not None:
-                return f"{event.step_key or 'run'}: {err.message.strip()}"
-            return f"{event.step_key or 'run'}: {event.message}"
+            err = getattr(event.event_specific_data, "error", None)
+            return f"{event.step_key or 'run'}: {root_cause(err) if err else event.message}"
     return "run failed"
 
 
@@ -132,7 +136,8 @@ def render_episode(folder: str | Path, *, quiet: bool = False, instance: Any = N
                                             raise_on_error=False, **kwargs)
             run_ids[job_name] = result.run_id
             if not result.success:
-                raise RuntimeError(f"{job_name} failed (run {result.run_id}): {_failure(result)}")
+                raise RuntimeError(f"{job_name} failed (run {result.run_id}): "
+                                   f"{failure_reason(result)}")
     finally:
         progress.removeHandler(handler)
     keys = EpisodeKeys(ep.key)

@@ -276,10 +276,11 @@ def write_composite(
     media.concat_list(clip_paths, list_file)
     out = work_dir / f"{ep.episode_id}.mp4"
     delivery = media.Delivery(ep.format.width, ep.format.height, ep.format.fps)
+    burn = bool(burn_subtitles and cues)
     media.render(media.composite_args(
-        list_file, bundle.path(ep.audio), srt if cues else None, out,
+        list_file, bundle.path(ep.audio), srt if cues and not burn else None, out,
         duration_ms=ep.duration_ms, delivery=delivery,
-        burn_in_ass=ass if (burn_subtitles and cues) else None,
+        burn_in_ass=ass if burn else None,
         subtitle_language=track_language(cues), title=ep.title, reencode=len(encoders) > 1,
     ))
     info = ff.probe(out)
