@@ -123,7 +123,7 @@ def render_episode(folder: str | Path, *, quiet: bool = False, instance: Any = N
     progress.setLevel(logging.INFO)
     run_ids: dict[str, str] = {}
     try:
-        stages = [
+        stages: list[tuple[str, str, dict[str, Any]]] = [
             ("plan_episode", "planning", {"partition_key": ep.key}),
             ("render_clips", f"rendering {len(ep.shots)} shots",
              {"tags": clip_range_tags(ep.key, [s.id for s in ep.shots])}),
