@@ -9,8 +9,6 @@ composite is a stream copy through the concat demuxer instead of a re-encode.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,6 +17,7 @@ from pathlib import Path
 import ffmpeg  # ffmpeg-python
 
 from anime_pipeline.media import ffmpeg as ff
+from anime_pipeline.media.synth import find_font
 
 SOFTWARE_ENCODER = "libx264"
 _COMMON = {"pix_fmt": "yuv420p", "profile:v": "high",
@@ -185,30 +184,6 @@ def source_clip_args(
         .filter("pad", gen.width, gen.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
     )
     return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail, encoder)
-
-
-def find_font() -> str | None:
-    """A TrueType font for drawtext (None when the machine has none)."""
-    env = os.environ.get("ANIME_PIPELINE_FONT")
-    if env and Path(env).is_file():
-        return env
-    for candidate in (
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        "/Library/Fonts/Arial.ttf",
-        "C:/Windows/Fonts/arial.ttf",
-    ):
-        if Path(candidate).is_file():
-            return candidate
-    fc = shutil.which("fc-match")
-    if fc:
-        import subprocess
-
-        out = subprocess.run([fc, "-f", "%{file}", "sans"], capture_output=True, text=True)
-        if out.returncode == 0 and Path(out.stdout.strip()).is_file():
-            return out.stdout.strip()
-    return None
 
 
 def placeholder_args(
