@@ -189,6 +189,7 @@ def clips(
                     "fps": r["fps"],
                     "resolution": r["resolution"],
                     "encoder": r.get("encoder", "libx264"),
+                    "segment_policy": planned[clip.shot_id].get("segment_policy") or "",
                     "runtime_policy": policy.name,
                     "policy_degraded": policy.degraded,
                     "degraded": clip.degraded,
