@@ -145,3 +145,33 @@ def test_burned_in_subtitles_reencode(tmp_path: Path, instance: dg.DagsterInstan
     comp = instance.fetch_materializations(dg.AssetKey("composite"), limit=1).records[0]
     md = comp.asset_materialization.metadata  # type: ignore[union-attr]
     assert md["subtitles_burned_in"].value is True and md["video_copied"].value is False
+
+
+def test_clips_wait_for_a_gpu_pool_slot(tmp_path: Path, instance: dg.DagsterInstance,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the one `gpu` slot held by another run, a clips run waits; it renders once the
+    slot is free."""
+    import threading
+    import time
+
+    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
+    folder = minimal_episode(tmp_path / "ep99")
+    store = LocalStore(tmp_path / "artifacts")
+    key = steps.register_episode(store, folder).episode.key
+    register_partitions(instance, key, ["S01", "S02"])
+    d = defs()
+    assert d.resolve_job_def("plan_episode").execute_in_process(
+        instance=instance, partition_key=key, run_config=QUIET).success
+    instance.event_log_storage.set_concurrency_slots("gpu", 1)
+    instance.event_log_storage.claim_concurrency_slot("gpu", "another-run", "clips")
+    done: list[bool] = []
+    worker = threading.Thread(daemon=True, target=lambda: done.append(
+        d.resolve_job_def("render_clips").execute_in_process(
+            instance=instance, run_config=QUIET, tags=clip_range_tags(key, ["S01", "S02"])
+        ).success))
+    worker.start()
+    time.sleep(6)
+    assert done == [] and not store.exists(EpisodeKeys(key).clip("S01"))
+    instance.event_log_storage.free_concurrency_slots_for_run("another-run")
+    worker.join(120)
+    assert done == [True] and store.exists(EpisodeKeys(key).clip("S02"))
