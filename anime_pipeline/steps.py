@@ -6,17 +6,18 @@ The Dagster assets in ``defs/assets.py`` call these and only add what Dagster ne
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from anime_pipeline.budget import build_compute_plan, validate_plan
+from anime_pipeline.domain.audio import analyze, build_manifest
 from anime_pipeline.domain.episode import EpisodeBundle, load_episode
 from anime_pipeline.domain.package import PackageEntry, build_package, sha256_file
 from anime_pipeline.domain.rendering import (
@@ -30,9 +31,11 @@ from anime_pipeline.domain.rendering import (
 from anime_pipeline.domain.subtitles import cues_for, to_ass, to_srt, track_language
 from anime_pipeline.media import ffmpeg as ff
 from anime_pipeline.media import render as media
+from anime_pipeline.media.audio_io import decode_audio
 from anime_pipeline.storage import EpisodeKeys, Storage, get_json, put_json
 
 log = logging.getLogger("anime_pipeline.progress")
+AUDIO_SAMPLE_RATE = 22050  # analysis rate: onsets and beats need no more
 
 
 # --------------------------------------------------------------------------- catalog
@@ -96,12 +99,8 @@ def write_shot_plan(storage: Storage, bundle: EpisodeBundle) -> dict[str, Any]:
 
 
 def write_audio_manifest(storage: Storage, bundle: EpisodeBundle) -> dict[str, Any]:
-    from anime_pipeline.domain.audio import analyze, build_manifest
-    from anime_pipeline.media.audio_io import decode_audio
-
-    samples = decode_audio(bundle.path(bundle.episode.audio))
-    sample_rate = 22050
-    analysis = analyze(samples, sample_rate)
+    samples = decode_audio(bundle.path(bundle.episode.audio), AUDIO_SAMPLE_RATE)
+    analysis = analyze(samples, AUDIO_SAMPLE_RATE)
     manifest: dict[str, Any] = build_manifest(analysis, bundle.episode, bundle.episode.audio)
     put_json(storage, EpisodeKeys(bundle.episode.key).audio_manifest, manifest)
     return manifest
@@ -111,8 +110,6 @@ def write_compute_plan(
     storage: Storage, bundle: EpisodeBundle, *, resources: Any = None, history: Any = None,
     policy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from anime_pipeline.budget import build_compute_plan, validate_plan
-
     keys = EpisodeKeys(bundle.episode.key)
     audio = get_json(storage, keys.audio_manifest)
     plan: dict[str, Any] = build_compute_plan(
@@ -137,7 +134,6 @@ class RenderedClip:
     fingerprint: str
     thumbnail: Path | None = None
     size_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def degraded(self) -> bool:
@@ -357,7 +353,3 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return version("anime-pipeline")
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

@@ -9,7 +9,6 @@ through :func:`run` so errors carry ffmpeg's own last lines.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import shutil
@@ -203,10 +202,6 @@ def encoders() -> list[str]:
         if m and m.group(1) != "=":
             names.append(m.group(1))
     return names
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
 
 
 HARDWARE_ENCODER_SUFFIXES = ("_nvenc", "_qsv", "_vaapi", "_amf", "_videotoolbox", "_v4l2m2m")
