@@ -20,13 +20,14 @@ from anime_pipeline.defs.partitions import (
 )
 from anime_pipeline.defs.planning import cost_history, policy_record, resource_state
 from anime_pipeline.defs.resources import RenderSettings, StorageResource
-from anime_pipeline.defs.runtime import current_policy
+from anime_pipeline.defs.runtime import GpuResource, current_policy
 from anime_pipeline.domain import checks
 from anime_pipeline.media.ffmpeg import probe
-from anime_pipeline.media.render import image_markdown
+from anime_pipeline.media.render import SOFTWARE_ENCODER, image_markdown
 from anime_pipeline.storage import EpisodeKeys, get_json
 
 EPISODE_GROUP = "episode"
+NVENC_VRAM_MB = 400  # what one NVENC encode session needs, roughly (checked before GPU encodes)
 
 
 def _check_specs(asset_name: str, names: list[str]) -> list[dg.AssetCheckSpec]:
@@ -142,7 +143,8 @@ def shot_compute_budget_plan(
                 "delivery format. Retries, then the degrade ladder, then a placeholder slate.",
 )
 def clips(
-    context: dg.AssetExecutionContext, storage: StorageResource, render_settings: RenderSettings
+    context: dg.AssetExecutionContext, storage: StorageResource, render_settings: RenderSettings,
+    gpu: GpuResource,
 ) -> None:
     from anime_pipeline.budget import get_ladder
 
@@ -150,6 +152,11 @@ def clips(
     # The policy in force when the run starts caps concurrency and picks the encoder.
     policy = current_policy()
     concurrency = min(render_settings.concurrency, policy.render_concurrency)
+    encoder: str = policy.encoder
+    if encoder != SOFTWARE_ENCODER and not gpu.vram_check(NVENC_VRAM_MB * concurrency):
+        context.log.warning(f"GPU {gpu.device_index}: not enough free VRAM for {concurrency} "
+                            f"NVENC session(s); encoding this run in software")
+        encoder = SOFTWARE_ENCODER
     by_episode: dict[str, list[str]] = defaultdict(list)
     for key in context.partition_keys:
         dims = clip_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
@@ -167,13 +174,13 @@ def clips(
                                        partition_key=clip_key(episode_key, sid))
         wanted = [s for s in shot_ids if s in planned]
         context.log.info(f"{episode_key}: rendering {len(wanted)} shot(s), {concurrency} at a "
-                         f"time, encoder {policy.encoder}, policy {policy.name}")
+                         f"time, encoder {encoder}, policy {policy.name}")
         with store.scratch() as work:
             rendered = steps.render_clips(
                 store, bundle, plan, wanted, backends=default_backends(),
                 placeholder=PlaceholderBackend(), get_ladder=get_ladder,
                 concurrency=concurrency, work_dir=work, force=render_settings.force,
-                encoder=policy.encoder,
+                encoder=encoder,
                 on_done=lambda c, i, n: context.log.info(
                     f"[{i}/{n}] {c.shot_id}: " + ("cached" if c.cached else
                     "PLACEHOLDER" if c.placeholder else "degraded" if c.degraded else "ok")),
