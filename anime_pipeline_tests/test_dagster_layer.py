@@ -175,3 +175,36 @@ def test_clips_wait_for_a_gpu_pool_slot(tmp_path: Path, instance: dg.DagsterInst
     instance.event_log_storage.free_concurrency_slots_for_run("another-run")
     worker.join(120)
     assert done == [True] and store.exists(EpisodeKeys(key).clip("S02"))
+
+
+def test_nvenc_policy_falls_back_to_software_without_vram(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved GPU profile makes the policy ask for NVENC; this machine has no GPU, so the
+    VRAM check fails and the run encodes in software, saying so, and records the policy."""
+    from anime_pipeline.runtime.state import profile_path
+    from anime_pipeline.runtime.testing import make_profile
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ANIME_PIPELINE_HOME", str(home))
+    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
+    make_profile(vram_gib=[24.0], nvenc=True).save(profile_path(home))
+    folder = minimal_episode(tmp_path / "ep99")
+    store = LocalStore(tmp_path / "artifacts")
+    key = steps.register_episode(store, folder).episode.key
+    register_partitions(instance, key, ["S01", "S02"])
+    d = defs()
+    assert d.resolve_job_def("plan_episode").execute_in_process(
+        instance=instance, partition_key=key, run_config=QUIET).success
+    plan = json.loads(store.get_bytes(EpisodeKeys(key).compute_plan))
+    assert plan["runtime_policy"]["encoder"] == "h264_nvenc"
+    assert plan["runtime_policy"]["profile_class"] == "LOCAL_GPU_HIGH"
+    run = d.resolve_job_def("render_clips").execute_in_process(
+        instance=instance, run_config=QUIET, tags=clip_range_tags(key, ["S01", "S02"]))
+    assert run.success
+    logs = [e.user_message for e in instance.all_logs(run.run_id)]
+    assert any("encoding this run in software" in m for m in logs)
+    mat = instance.fetch_materializations(dg.AssetKey("clips"), limit=1).records[0]
+    md = mat.asset_materialization.metadata  # type: ignore[union-attr]
+    assert md["encoder"].value == "libx264"
+    assert md["runtime_policy"].value.startswith("LOCAL_GPU_HIGH")
