@@ -94,6 +94,12 @@ def main() -> int:
         from dagster._core.instance.ref import InstanceRef
 
         (tmpd / "dagster").mkdir()
+        (tmpd / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        os.environ["ANIME_PIPELINE_HOME"] = str(tmpd / "home")
+        from anime_pipeline.defs.runtime import current_policy
+
+        # The clips step renders min(requested, policy) at once; the bare side must match.
+        concurrency = min(args.concurrency, current_policy().render_concurrency)
         with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmpd / "dagster"))) as instance:
             register_partitions(instance, key, shot_ids)
             r = definitions.resolve_job_def("plan_episode").execute_in_process(
@@ -104,19 +110,20 @@ def main() -> int:
             bare_dir.mkdir()
             cmds = bare_commands(folder, plan, bare_dir)
 
-            bare_1 = run_bare(cmds, args.concurrency)
+            bare_1 = run_bare(cmds, concurrency)
             t0 = time.perf_counter()
             r = definitions.resolve_job_def("render_clips").execute_in_process(
                 instance=instance, tags=clip_range_tags(key, shot_ids), run_config=quiet)
             dagster_s = time.perf_counter() - t0
             assert r.success
-            bare_2 = run_bare(cmds, args.concurrency)
+            bare_2 = run_bare(cmds, concurrency)
 
         bare = (bare_1 + bare_2) / 2
         total_ms = args.shots * args.shot_ms
         print(f"{args.shots} shots, {total_ms / 1000:.0f} s of video, "
               f"{bundle.episode.format.width}x{bundle.episode.format.height}"
-              f"@{bundle.episode.format.fps:g}, concurrency {args.concurrency}, "
+              f"@{bundle.episode.format.fps:g}, concurrency {concurrency} "
+              f"(asked {args.concurrency}, capped by the runtime policy), "
               f"{os.cpu_count()} CPUs")
         print(f"bare ffmpeg:            {bare_1:.1f} s, {bare_2:.1f} s (mean {bare:.1f} s)")
         print(f"standard path (Dagster): {dagster_s:.1f} s "
