@@ -122,3 +122,15 @@ def test_planner_instance_matches_milp(minutes: float) -> None:
     assert res.status == 0
     assert sol.used <= budget
     assert sol.objective >= 0.995 * -res.fun
+
+
+def test_sub_ulp_cost_difference_is_decided_by_the_exact_total() -> None:
+    """Found by hypothesis: an upgrade costing 2e-18 more than the leftover by float
+    arithmetic still fits by the exact total; it must be taken and the bound must hold."""
+    c = np.array([[1.0, 1.0, 1.0], [1.0, 0.010000000000000002, 0.01], [1.0, 1.0, 1.0]])
+    v = np.zeros_like(c)
+    v[1, 1] = 1.0
+    sol = solve_mckp(c, v, 2.01)
+    assert sol.choice.tolist() == [0, 1, 0] and sol.objective == 1.0
+    assert math.fsum(c[np.arange(3), sol.choice].tolist()) <= 2.01
+    assert sol.upper_bound is not None and sol.upper_bound >= 1.0

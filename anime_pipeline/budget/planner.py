@@ -493,11 +493,17 @@ def build_candidates(
     type_idx = np.array([t_index[a.shot_type] for a in analyses], dtype=int)
     dur_s = np.array([a.duration_ms / 1000.0 for a in analyses])
 
-    seg_max = [[segment_max_ms(a.complexity, b, s.dynamic_fps) for b in backend_names]
-               for a in analyses]
-    segs = np.array([[1 if lim is None else max(1, math.ceil(a.duration_ms / lim))
-                      for lim in row] for a, row in zip(analyses, seg_max, strict=True)],
-                    dtype=float).reshape(n, nb)
+    # One row of segment limits per complexity level, looked up per shot (0 = no limit).
+    limits_by_level = {c: [segment_max_ms(c, b, s.dynamic_fps) for b in backend_names]
+                       for c in COMPLEXITIES}
+    seg_max = [limits_by_level[a.complexity] for a in analyses]
+    level_of = {c: i for i, c in enumerate(COMPLEXITIES)}
+    limit_table = np.array([[lim or 0 for lim in limits_by_level[c]] for c in COMPLEXITIES],
+                           dtype=float).reshape(len(COMPLEXITIES), nb)
+    limit = limit_table[np.array([level_of[a.complexity] for a in analyses], dtype=int)]
+    dur_ms = np.array([a.duration_ms for a in analyses], dtype=float)[:, None]
+    segs = np.where(limit > 0, np.maximum(1.0, np.ceil(dur_ms / np.where(limit > 0, limit, 1.0))),
+                    1.0).reshape(n, nb)
     charged_segs = segs[:, bb] - np.where(default_src[type_idx], 0.0, 1.0)
     cost = rate[type_idx] * dur_s[:, None] + overhead[None, :] * np.maximum(charged_segs, 0)
     cost = np.ceil(np.round(cost * 100.0, 6)) / 100.0  # whole centiseconds, rounded up
@@ -867,6 +873,7 @@ class _CandidateWriter:
         self.fps = [_out_num(f) for f in grid.fps.tolist()]
         self.ids = [f"{f}fps_{t}_{b}" for f, t, b in zip(self.fps, grid.tiers, grid.backends,
                                                          strict=True)]
+
         n = grid.cost.shape[0]
         if n:
             idx, _, _ = pareto_front(grid.cost, grid.value)

@@ -163,7 +163,8 @@ def solve_mckp(costs: np.ndarray, values: np.ndarray, budget: float | None) -> S
         left = left - used_steps
         ub = math.fsum(pv[rows, pos].tolist())
         if t < shot.size:
-            ub += dvs[t] * max(0.0, left) / dcs[t]
+            # LP bound with the budget relaxed by float noise: still an upper bound
+            ub += dvs[t] * min(1.0, max(0.0, left + _tolerance(budget)) / dcs[t])
             # greedy tail: skip shots whose next hull step did not fit
             blocked = np.zeros(n, dtype=bool)
             suffix_min = np.minimum.accumulate(dcs[::-1])[::-1]
@@ -179,14 +180,14 @@ def solve_mckp(costs: np.ndarray, values: np.ndarray, budget: float | None) -> S
                 else:
                     blocked[i] = True
     left = budget - _fsum_pick(pc, rows, pos)
-    pos, left = _fill(pc, pv, pos, left)
+    pos, left = _fill(pc, pv, pos, left, budget)
     pos, left = _exchange(pc, pv, pos, left, budget)
     pos = _repair(pc, pv, pos, budget)
     name = "mckp_hull_greedy"
     dp_pos = _small_dp(pc, pv, budget, min_cost)
     if dp_pos is not None:
         dp_left = budget - _fsum_pick(pc, rows, dp_pos)
-        dp_pos, dp_left = _fill(pc, pv, dp_pos, dp_left)
+        dp_pos, dp_left = _fill(pc, pv, dp_pos, dp_left, budget)
         dp_pos, dp_left = _exchange(pc, pv, dp_pos, dp_left, budget)
         if (_fsum_pick(pc, rows, dp_pos) <= budget
                 and _fsum_pick(pv, rows, dp_pos) > _fsum_pick(pv, rows, pos)):
@@ -245,22 +246,37 @@ def _small_dp(pc: np.ndarray, pv: np.ndarray, budget: float, min_cost: float
     return pos
 
 
-def _fill(pc: np.ndarray, pv: np.ndarray, pos: np.ndarray, left: float,
+def _tolerance(budget: float) -> float:
+    """Slack under which a cost difference is float noise (then the exact total decides)."""
+    return 1e-9 * max(1.0, abs(budget))
+
+
+def _fill(pc: np.ndarray, pv: np.ndarray, pos: np.ndarray, left: float, budget: float,
           max_rounds: int = 64) -> tuple[np.ndarray, float]:
-    """Spend the leftover on the single upgrades with the largest value gain."""
+    """Spend the leftover on the single upgrades with the largest value gain.
+
+    An upgrade is considered when it fits the leftover within float noise, and taken only
+    when the exact total (``math.fsum``) of the new choice stays within the budget."""
     n = pc.shape[0]
     rows = np.arange(n)
+    tol = _tolerance(budget)
+    refused = np.zeros(pc.shape, dtype=bool)
     for _ in range(max_rounds):
         extra = pc - pc[rows, pos][:, None]
         gain = pv - pv[rows, pos][:, None]
-        ok = (extra <= left) & (gain > _EPS) & np.isfinite(extra)
+        ok = (extra <= left + tol) & (gain > _EPS) & np.isfinite(extra) & ~refused
         if not ok.any():
             break
         g = np.where(ok, gain, -np.inf)
         flat = int(np.argmax(g))
         i, j = divmod(flat, pc.shape[1])
-        left -= float(extra[i, j])
-        pos[i] = j
+        trial = pos.copy()
+        trial[i] = j
+        total = _fsum_pick(pc, rows, trial)
+        if total > budget:
+            refused[i, j] = True
+            continue
+        pos, left = trial, budget - total
     return pos, left
 
 
@@ -319,7 +335,7 @@ def _exchange(pc: np.ndarray, pv: np.ndarray, pos: np.ndarray, left: float, budg
             break
         pos = new_pos
         left = budget - new_used
-        pos, left = _fill(pc, pv, pos, left, max_rounds=4)
+        pos, left = _fill(pc, pv, pos, left, budget, max_rounds=4)
     return pos, left
 
 

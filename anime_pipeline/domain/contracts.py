@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 # Resolution tiers by frame height. The width follows the delivery format's aspect ratio.
@@ -32,6 +33,7 @@ def tier_height(tier: str) -> int:
         raise ValueError(f"unknown resolution tier {tier!r}; one of {known}") from None
 
 
+@functools.lru_cache(maxsize=64)
 def tier_for_height(height: int) -> str:
     """The largest tier not above ``height`` (the smallest tier if all are above)."""
     best = "240p"
