@@ -28,6 +28,20 @@ def instance(tmp_path: Path):
         yield inst
 
 
+def _planned_episode(tmp_path: Path, instance: dg.DagsterInstance,
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[LocalStore, str, dg.Definitions]:
+    """The two-shot test episode registered and planned; its storage, key and definitions."""
+    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
+    folder = minimal_episode(tmp_path / "ep99")
+    store = LocalStore(tmp_path / "artifacts")
+    key = steps.register_episode(store, folder).episode.key
+    register_partitions(instance, key, ["S01", "S02"])
+    d = defs()
+    assert d.resolve_job_def("plan_episode").execute_in_process(
+        instance=instance, partition_key=key, run_config=QUIET).success
+    return store, key, d
+
+
 def test_definitions_graph() -> None:
     d = defs()
     graph = d.resolve_asset_graph()
@@ -154,14 +168,7 @@ def test_clips_wait_for_a_gpu_pool_slot(tmp_path: Path, instance: dg.DagsterInst
     import threading
     import time
 
-    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
-    folder = minimal_episode(tmp_path / "ep99")
-    store = LocalStore(tmp_path / "artifacts")
-    key = steps.register_episode(store, folder).episode.key
-    register_partitions(instance, key, ["S01", "S02"])
-    d = defs()
-    assert d.resolve_job_def("plan_episode").execute_in_process(
-        instance=instance, partition_key=key, run_config=QUIET).success
+    store, key, d = _planned_episode(tmp_path, instance, monkeypatch)
     instance.event_log_storage.set_concurrency_slots("gpu", 1)
     instance.event_log_storage.claim_concurrency_slot("gpu", "another-run", "clips")
     done: list[bool] = []
@@ -187,15 +194,8 @@ def test_nvenc_policy_falls_back_to_software_without_vram(
 
     home = tmp_path / "home"
     monkeypatch.setenv("ANIME_PIPELINE_HOME", str(home))
-    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
     make_profile(vram_gib=[24.0], nvenc=True).save(profile_path(home))
-    folder = minimal_episode(tmp_path / "ep99")
-    store = LocalStore(tmp_path / "artifacts")
-    key = steps.register_episode(store, folder).episode.key
-    register_partitions(instance, key, ["S01", "S02"])
-    d = defs()
-    assert d.resolve_job_def("plan_episode").execute_in_process(
-        instance=instance, partition_key=key, run_config=QUIET).success
+    store, key, d = _planned_episode(tmp_path, instance, monkeypatch)
     plan = json.loads(store.get_bytes(EpisodeKeys(key).compute_plan))
     assert plan["runtime_policy"]["encoder"] == "h264_nvenc"
     assert plan["runtime_policy"]["profile_class"] == "LOCAL_GPU_HIGH"
