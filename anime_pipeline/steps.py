@@ -301,6 +301,7 @@ def write_composite(
     record["path"] = storage.put_file(out, keys.composite)
     put_json(storage, keys.composite_record, record)
     record["contact_sheet"] = sheet
+    record["media_info"] = info
     return record
 
 

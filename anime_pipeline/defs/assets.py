@@ -22,7 +22,6 @@ from anime_pipeline.defs.planning import cost_history, policy_record, resource_s
 from anime_pipeline.defs.resources import RenderSettings, StorageResource
 from anime_pipeline.defs.runtime import GpuResource, current_policy
 from anime_pipeline.domain import checks
-from anime_pipeline.media.ffmpeg import probe
 from anime_pipeline.media.render import SOFTWARE_ENCODER, image_markdown
 from anime_pipeline.storage import EpisodeKeys, get_json
 
@@ -236,7 +235,7 @@ def composite(
         sheet = image_markdown(record.pop("contact_sheet"), "contact sheet")
     ep = bundle.episode
     outcome = checks.composite_matches_episode(
-        probe(store.fetch(EpisodeKeys(ep.key).composite)), duration_ms=ep.duration_ms,
+        record.pop("media_info"), duration_ms=ep.duration_ms,
         width=ep.format.width, height=ep.format.height, fps=ep.format.fps,
         expect_subtitles=record["subtitle_cues"] > 0 and not record["burned_in"])
     kinds = [s["kind"] for s in record["streams"]]
