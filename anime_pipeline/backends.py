@@ -43,10 +43,6 @@ class AnimaticBackend:
         )
         media.render(args, timeout=self.timeout_s)
 
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
-                    thumbnail: Path | None = None) -> None:
-        PlaceholderBackend().placeholder(shot, delivery, reason, out, thumbnail)
-
 
 class SourceClipBackend:
     """Cut ``duration_ms`` from ``source.uri`` at ``in_ms`` (local file or http(s) MP4/HLS)."""
@@ -67,10 +63,6 @@ class SourceClipBackend:
             encoder=job.spec.encoder,
         )
         media.render(args, timeout=self.timeout_s)
-
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
-                    thumbnail: Path | None = None) -> None:
-        PlaceholderBackend().placeholder(shot, delivery, reason, out, thumbnail)
 
 
 class PlaceholderBackend:

@@ -64,6 +64,10 @@ class RenderBackend(Protocol):
         """Render ``job`` to ``out`` (an MP4 at the delivery format); raise on failure."""
         ...
 
+
+class SlateRenderer(Protocol):
+    """Makes the placeholder slate that ends every degrade ladder."""
+
     def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
                     thumbnail: Path | None = None) -> None: ...
 
@@ -145,7 +149,7 @@ def render_shot(
     backend_preference: Sequence[str],
     retry_budget: int,
     ladder: Sequence[Any],
-    placeholder: RenderBackend,
+    placeholder: SlateRenderer,
     on_attempt: Callable[[Attempt], None] | None = None,
 ) -> ClipResult:
     """Render with ``retry_budget`` retries, then walk the degrade ladder; a placeholder
