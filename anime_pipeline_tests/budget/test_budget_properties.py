@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from anime_pipeline.budget import build_compute_plan, validate_plan
 from anime_pipeline.domain.contracts import RESOLUTION_TIERS, ResourceState
 from anime_pipeline.domain.episode import CreativeControl, Episode
-from anime_pipeline_tests.test_budget_support import NOW, episode
+from anime_pipeline_tests.budget.support import NOW, episode
 
 TYPES = ["establishing", "dialogue", "action", "insert", "transition"]
 MOVES = ["static", "push_in", "pull_out", "pan_left", "pan_right", "tilt_up", "tilt_down",

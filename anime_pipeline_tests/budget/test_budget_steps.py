@@ -18,7 +18,7 @@ from anime_pipeline.budget.planner import (
     resolve_settings,
 )
 from anime_pipeline.domain.contracts import ResourceState
-from anime_pipeline_tests.test_budget_support import (
+from anime_pipeline_tests.budget.support import (
     GPU,
     NOW,
     creative,

@@ -16,7 +16,7 @@ import pytest
 
 from anime_pipeline_tests.conftest import minimal_episode
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PG = {"host": os.environ.get("PGHOST", "127.0.0.1"), "port": 5432, "user": "postgres"}
 
 

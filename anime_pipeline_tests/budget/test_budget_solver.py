@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from anime_pipeline.budget.planner import analyze_complexity, build_candidates, resolve_settings
 from anime_pipeline.budget.solver import pareto_front, solve_mckp, solve_uniform
-from anime_pipeline_tests.test_budget_support import GPU, NOW, creative, sample
+from anime_pipeline_tests.budget.support import GPU, NOW, creative, sample
 
 
 def brute_force(c: np.ndarray, v: np.ndarray, budget: float) -> float:
