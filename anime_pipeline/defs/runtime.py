@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 
 from anime_pipeline.domain.contracts import ResourceState
 from anime_pipeline.runtime import nvml
-from anime_pipeline.runtime.explain import explain_profile
+from anime_pipeline.runtime.explain import describe_policy, explain_profile
 from anime_pipeline.runtime.monitor import (
     Decision,
     MetricSnapshot,
@@ -225,7 +224,7 @@ def runtime_profile(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     profile.save(profile_path(sd))
     state = StateStore(sd).load()
     policy = policy_for(profile, state)
-    context.log.info(f"{profile.profile_class.value}: {policy.summary('en')}")
+    context.log.info(f"{profile.profile_class.value}: {describe_policy(policy, 'en')}")
     return dg.MaterializeResult(metadata=runtime_metadata(profile, policy, state))
 
 
@@ -290,7 +289,8 @@ def clip_render_stats(
         ),
         limit=max_runs,
     )
-    kinds = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION}
+    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+             dg.DagsterEventType.ASSET_MATERIALIZATION}
     for rec in records:
         if rec.end_time is not None and rec.end_time < since:
             continue
@@ -305,7 +305,7 @@ def clip_render_stats(
                 ev = r.event_log_entry.dagster_event
                 if ev is None or ev.asset_key != asset_key:
                     continue
-                if ev.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+                if ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
                     planned |= _planned_keys(ev.event_specific_data)
                     continue
                 mat = ev.step_materialization_data.materialization
@@ -400,9 +400,9 @@ def monitor_tick(
         meta["gpu_pool_limit"] = pool if pool is not None else policy.gpu_pool_limit
         events.append(dg.AssetMaterialization(asset_key=RUNTIME_PROFILE_KEY, metadata=meta))
     if decision.action == "degrade":
-        context.log.warning(f"runtime monitor: {decision.message}. {policy.summary('en')}")
+        context.log.warning(f"runtime monitor: {decision.message}. {describe_policy(policy, 'en')}")
     elif decision.action == "restore":
-        context.log.info(f"runtime monitor: {decision.message}. {policy.summary('en')}")
+        context.log.info(f"runtime monitor: {decision.message}. {describe_policy(policy, 'en')}")
     elif changed:
         context.log.info(f"runtime monitor: policy in force {policy.name}: {decision.message}")
     else:

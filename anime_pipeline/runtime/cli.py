@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from anime_pipeline.runtime.explain import describe_policy, explain_profile
 from anime_pipeline.runtime.monitor import (
     MonitorState,
     StateStore,
@@ -63,7 +64,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(profile.to_json())
     else:
-        print(profile.explain(args.lang), end="")
+        print(explain_profile(profile, args.lang), end="")
         if args.save:
             print(f"\nsaved: {Path(args.save).absolute()}")
     return 0
@@ -84,7 +85,7 @@ def _print_status(state_dir: Path, profile: RuntimeProfile, state: MonitorState,
     policy = policy_for(profile, state)
     zh = lang == "zh"
     print(("运行等级：" if zh else "Profile class: ") + profile.profile_class.value)
-    print(policy.summary(lang))
+    print(describe_policy(policy, lang))
     if state.degraded:
         head = "降级步骤：" if zh else "Degrade steps:"
         print(head)
@@ -144,7 +145,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_status_obj(sd, profile, state))
     else:
-        print(policy.summary(args.lang))
+        print(describe_policy(policy, args.lang))
     return 0
 
 
@@ -160,7 +161,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         if not before.degraded:
             print("已是基线策略。" if args.lang == "zh" else "Already at the baseline policy.")
-        print(policy_for(profile, state).summary(args.lang))
+        print(describe_policy(policy_for(profile, state), args.lang))
     return 0
 
 
@@ -172,8 +173,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_status_obj(sd, profile, state))
     else:
-        print(profile.explain(args.lang), end="")
-        print(policy_for(profile, state).summary(args.lang))
+        print(explain_profile(profile, args.lang), end="")
+        print(describe_policy(policy_for(profile, state), args.lang))
     return 0
 
 

@@ -6,11 +6,9 @@ Each explanation answers: what was found, which class, why, what it limits, what
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from anime_pipeline.runtime.policy import ExecutionPolicy
-    from anime_pipeline.runtime.profile import RuntimeProfile
+from anime_pipeline.runtime.policy import ExecutionPolicy, ExecutionPolicyResolver
+from anime_pipeline.runtime.profile import RuntimeProfile
 
 LANGS = ("en", "zh")
 LOW_DISK_GB = 20.0
@@ -336,8 +334,6 @@ def _improve(p: RuntimeProfile, lang: str) -> list[str]:
 def explain_profile(
     profile: RuntimeProfile, lang: str = "en", policy: ExecutionPolicy | None = None
 ) -> str:
-    from anime_pipeline.runtime.policy import ExecutionPolicyResolver
-
     lang = _lang(lang)
     policy = policy or ExecutionPolicyResolver().resolve(profile)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(profile.detected_at))

@@ -87,7 +87,9 @@ class Thresholds(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-class DegradeStep(BaseModel):
+class PolicyDowngrade(BaseModel):
+    """One step down the machine policy (the per-shot render ladder is budget.DegradeLadderStep)."""
+
     kind: str
     reason: str
     at: float
@@ -96,7 +98,7 @@ class DegradeStep(BaseModel):
 
 class MonitorState(BaseModel):
     version: int = 1
-    steps: list[DegradeStep] = Field(default_factory=list)
+    steps: list[PolicyDowngrade] = Field(default_factory=list)
     breach_streak: int = 0
     healthy_streak: int = 0
     samples_seen: int = 0
@@ -224,7 +226,7 @@ def evaluate(snapshot: MetricSnapshot, state: MonitorState, thresholds: Threshol
         reason = "; ".join(reasons)
         if st.last_restore_at is not None and now - st.last_restore_at < t.flap_window_s:
             st.flaps += 1
-        st.steps.append(DegradeStep(kind=kind, reason=reason, at=now))
+        st.steps.append(PolicyDowngrade(kind=kind, reason=reason, at=now))
         st.breach_streak = 0
         st.last_change_at = now
         st.last_action = "degrade"
@@ -271,7 +273,7 @@ def _to_baseline(st: MonitorState, now: float) -> None:
 def manual_degrade(state: MonitorState, reason: str, now: float | None = None) -> MonitorState:
     st = state.model_copy(deep=True)
     now = time.time() if now is None else now
-    st.steps.append(DegradeStep(kind="manual", reason=reason, at=now, source="manual"))
+    st.steps.append(PolicyDowngrade(kind="manual", reason=reason, at=now, source="manual"))
     st.manual_hold = True
     st.breach_streak = st.healthy_streak = 0
     st.last_change_at = now

@@ -29,13 +29,14 @@ from anime_pipeline.domain.contracts import (
     BACKEND_ANIMATIC,
     BACKEND_PLACEHOLDER,
     BACKEND_SOURCE_CLIP,
+    NVENC_ENCODER,
     RESOLUTION_TIERS,
+    SOFTWARE_ENCODER,
     ResourceState,
 )
 from anime_pipeline.runtime.profile import GPU_CLASSES, ProfileClass, RuntimeProfile
 
-Encoder = Literal["h264_nvenc", "libx264"]
-DegradeKind = Literal["vram", "memory", "failure_rate", "manual", "generic"]
+Encoder = Literal["h264_nvenc", "libx264"]  # domain.contracts.ENCODERS
 
 LOCAL_CPU_BACKENDS = [BACKEND_ANIMATIC, BACKEND_SOURCE_CLIP, BACKEND_PLACEHOLDER]
 MIN_RESOLUTION = "480p"
@@ -88,11 +89,6 @@ class ExecutionPolicy(BaseModel):
     degrade_level: int = 0
     reasons: list[str] = Field(default_factory=list)
 
-    def summary(self, lang: str = "en") -> str:
-        from anime_pipeline.runtime.explain import describe_policy
-
-        return describe_policy(self, lang)
-
 
 class ExecutionPolicyResolver:
     """Baseline policy for a profile. Stateless; construct with other limits if needed."""
@@ -130,7 +126,7 @@ class ExecutionPolicyResolver:
             remote_backends=remote,
             local_gpu_services=on_this_gpu if local_gpu else [],
             uses_local_gpu=local_gpu,
-            encoder="h264_nvenc" if profile.nvenc_works else "libx264",
+            encoder=NVENC_ENCODER if profile.nvenc_works else SOFTWARE_ENCODER,
             render_concurrency=concurrency,
             max_resolution=d.max_resolution,
             max_fps=d.max_fps,
@@ -178,7 +174,7 @@ def _off_gpu(p: ExecutionPolicy) -> dict[str, object]:
         "uses_local_gpu": False,
         "local_gpu_services": [],
         "remote_backends": remote_first,
-        "encoder": "libx264",
+        "encoder": SOFTWARE_ENCODER,
         "allowed_backends": allowed,
         "preferred_backends": preferred,
         "render_concurrency": c,
@@ -233,7 +229,7 @@ def degrade(policy: ExecutionPolicy, reason: str, kind: str = "generic") -> Exec
 
 
 def _on_gpu(p: ExecutionPolicy) -> bool:
-    return p.uses_local_gpu or p.encoder == "h264_nvenc"
+    return p.uses_local_gpu or p.encoder == NVENC_ENCODER
 
 
 def restore(

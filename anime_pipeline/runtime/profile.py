@@ -245,13 +245,6 @@ class RuntimeProfile(BaseModel):
     def load(cls, path: Path | str) -> RuntimeProfile:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
-    # ----------------------------------------------------------------- explanation
-
-    def explain(self, lang: str = "en") -> str:
-        from anime_pipeline.runtime.explain import explain_profile
-
-        return explain_profile(self, lang)
-
 
 # --------------------------------------------------------------------------- classification
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from anime_pipeline.domain.contracts import RESOLUTION_TIERS, ResourceState
+from anime_pipeline.runtime.explain import describe_policy
 from anime_pipeline.runtime.policy import (
     ExecutionPolicy,
     ExecutionPolicyResolver,
@@ -151,6 +152,6 @@ def test_to_resource_state() -> None:
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_policy_summary(lang: str) -> None:
     base = R.resolve(make_profile(vram_gib=[8.0]))
-    assert base.encoder in base.summary(lang)
+    assert base.encoder in describe_policy(base, lang)
     d = degrade(base, "VRAM 90% used > 85%", "vram")
-    assert ("DEGRADED" if lang == "en" else "已降级") in d.summary(lang)
+    assert ("DEGRADED" if lang == "en" else "已降级") in describe_policy(d, lang)

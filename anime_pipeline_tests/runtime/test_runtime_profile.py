@@ -13,6 +13,7 @@ import pytest
 
 from anime_pipeline.media import ffmpeg
 from anime_pipeline.runtime import nvml
+from anime_pipeline.runtime.explain import explain_profile
 from anime_pipeline.runtime.profile import (
     ProfileClass,
     RuntimeProfile,
@@ -196,17 +197,17 @@ def test_json_round_trip_and_atomic_save(here: RuntimeProfile, tmp_path: Path) -
 
 
 def test_explain_in_english_and_chinese(here: RuntimeProfile) -> None:
-    en = here.explain("en")
+    en = explain_profile(here, "en")
     for head in ("What was found", "Class", "Why", "What it limits", "What would improve it"):
         assert f"{head}:" in en
     assert here.profile_class.value in en and "ffmpeg" in en
-    zh = here.explain("zh")
+    zh = explain_profile(here, "zh")
     for head in ("检测结果", "等级", "原因", "限制", "改进建议"):
         assert f"{head}：" in zh
     assert here.profile_class.value in zh
-    assert here.explain("zh-CN") == zh
+    assert explain_profile(here, "zh-CN") == zh
     with pytest.raises(ValueError):
-        here.explain("fr")
+        explain_profile(here, "fr")
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
@@ -218,9 +219,9 @@ def test_explain_every_class(lang: str) -> None:
         make_profile(),
         make_profile(backends={"comfyui_i2v": True, "wan_i2v": False}),
     ):
-        text = p.explain(lang)
+        text = explain_profile(p, lang)
         assert p.profile_class.value in text
         assert len(text.splitlines()) >= 12
-    cpu_zh = make_profile().explain("zh")
+    cpu_zh = explain_profile(make_profile(), "zh")
     assert "NVIDIA" in cpu_zh and "ANIME_PIPELINE_BACKENDS" in cpu_zh
-    assert "NVENC" in make_profile(vram_gib=[8.0], nvenc=False).explain(lang)
+    assert "NVENC" in explain_profile(make_profile(vram_gib=[8.0], nvenc=False), lang)
