@@ -24,6 +24,14 @@ BACKEND_PLACEHOLDER = "placeholder"
 LOCAL_BACKENDS = (BACKEND_ANIMATIC, BACKEND_SOURCE_CLIP)
 GENERATIVE_BACKENDS = ("wan_i2v", "comfyui_i2v")
 
+# Video encoders every clip may be made with (one codec configuration each, see media.render).
+SOFTWARE_ENCODER = "libx264"
+NVENC_ENCODER = "h264_nvenc"
+ENCODERS = (SOFTWARE_ENCODER, NVENC_ENCODER)
+
+#: The lowest frame rate anything is ever generated at (budget candidates, ladder steps).
+MIN_FPS = 6.0
+
 
 def tier_height(tier: str) -> int:
     try:
