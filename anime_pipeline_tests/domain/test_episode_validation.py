@@ -76,6 +76,17 @@ CASES: list[tuple[str, Any, str]] = [
     ("negative in_ms", lambda d: d["shots"][0].update(
         source={"uri": "https://example.invalid/a.mp4", "in_ms": -5}),
      "episode.yaml: shots[0].source.in_ms:"),
+    # fps below 1 used to be accepted (rendering then failed)
+    ("fps below 1", lambda d: d["format"].update(fps=0.5), "episode.yaml: format.fps:"),
+    # milliseconds are YAML integers: 900.0 used to be coerced (and skip the shot rule)
+    ("float end_ms", lambda d: d["shots"][0]["dialogue"][0].update(end_ms=900.0),
+     "episode.yaml: shots[0].dialogue[0].end_ms: 900.0 is not an integer"),
+    ("string duration_ms", lambda d: d["shots"][1].update(duration_ms="500"),
+     "episode.yaml: shots[1].duration_ms: '500' is not an integer"),
+    ("trailing slash", lambda d: d.update(audio="audio/mix.wav/"),
+     "episode.yaml: audio: 'audio/mix.wav/': must name a file"),
+    ("url-like path", lambda d: d.update(audio="concat:audio/mix.wav"),
+     "episode.yaml: audio: 'concat:audio/mix.wav': URLs are not allowed"),
 ]
 
 
@@ -131,12 +142,19 @@ def test_http_source_needs_no_keyframe(episode_dir: Path) -> None:
 def test_broken_yaml_names_line(episode_dir: Path) -> None:
     (episode_dir / "episode.yaml").write_text("tenant_id: [unclosed\n", encoding="utf-8")
     problems = _problems(episode_dir)
-    assert problems[0].startswith("episode.yaml: invalid YAML: line")
+    # The field being read when the syntax error was found comes first, then line/column.
+    assert problems[0].startswith("episode.yaml: tenant_id: invalid YAML: line 2, column 1:")
 
 
 def test_missing_episode_yaml(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert _problems(tmp_path / "empty") == ["episode.yaml: required file is missing"]
+
+
+def test_episode_yaml_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    (tmp_path / "ep" / "episode.yaml").mkdir(parents=True)
+    assert _problems(tmp_path / "ep") == [
+        "episode.yaml: must be a regular file, not a directory"]
 
 
 def test_creative_control_is_validated(episode_dir: Path) -> None:
@@ -168,6 +186,8 @@ def test_unknown_fields_are_warnings_not_errors(episode_dir: Path) -> None:
     bundle = load_episode(episode_dir)
     assert [str(w) for w in bundle.warnings] == [
         "episode.yaml: shots[0].lens: unknown field (ignored)"]
+    # ignored means dropped: unknown keys never reach model_dump() (shot_plan.json)
+    assert "lens" not in bundle.episode.shots[0].model_dump()
 
 
 def test_cli_validate_prints_one_line_per_problem_and_writes_nothing(
