@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from anime_pipeline.media.ffmpeg import FfmpegError, run_stdout
+from anime_pipeline.media.ffmpeg import (
+    FfmpegError,
+    FfmpegTimeout,
+    input_args,
+    run_stdout,
+    stderr_summary,
+)
 
 DEFAULT_SAMPLE_RATE = 22050
 
@@ -16,13 +22,14 @@ class AudioDecodeError(FfmpegError):
 
 
 def decode_audio(
-    path: str | Path, sample_rate: int = DEFAULT_SAMPLE_RATE, *, timeout: float | None = 300.0
+    path: str | Path, sample_rate: int = DEFAULT_SAMPLE_RATE, *, timeout: float = 300.0
 ) -> np.ndarray:
     """Decode any audio ffmpeg reads to a mono float32 array in [-1, 1] at ``sample_rate``.
 
     The first audio stream is downmixed (``-ac 1``) and resampled (``-ar``). Raises
     :class:`AudioDecodeError` naming the file when it is missing, is not media, or has no
-    audio stream.
+    audio stream; :class:`~anime_pipeline.media.ffmpeg.FfmpegTimeout` after ``timeout``
+    seconds. The file is opened with ``-protocol_whitelist file``.
     """
     p = Path(path)
     if sample_rate <= 0:
@@ -30,13 +37,15 @@ def decode_audio(
     if not p.is_file():
         raise AudioDecodeError(f"cannot decode audio {p}: file not found")
     args = [
-        "-v", "error", "-i", str(p), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "-v", "error", *input_args(p), "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(int(sample_rate)), "-",
     ]  # fmt: skip
     try:
         raw = run_stdout(args, timeout=timeout)
+    except FfmpegTimeout:
+        raise
     except FfmpegError as e:
-        reason = (e.stderr.strip().splitlines() or [str(e)])[-1]
+        reason = stderr_summary(e.stderr, 2) or str(e)
         if "matches no streams" in e.stderr:
             reason = "no audio stream"
         raise AudioDecodeError(f"cannot decode audio {p}: {reason}", e.cmd, e.stderr) from e

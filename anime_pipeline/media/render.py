@@ -1,9 +1,14 @@
-"""Every ffmpeg command the renderer and compositor issue, built with ffmpeg-python.
+"""Every ffmpeg command the renderer issues for a shot, built with ffmpeg-python.
 
 Each clip is rendered at its *generation* rate and size (the plan's target fps and
 resolution tier) and conformed in the same encode to the episode's *delivery* format
 (size, fps, codec settings). All clips therefore share one codec configuration, and the
-composite is a stream copy through the concat demuxer instead of a re-encode.
+composite (:mod:`anime_pipeline.media.composite`) is a stream copy through the concat
+demuxer instead of a re-encode.
+
+Inputs are opened with a protocol whitelist (:func:`anime_pipeline.media.ffmpeg.input_options`):
+a keyframe only through ``file``, a source through ``file,crypto`` when local and
+``http,https,tls,tcp,crypto`` when remote.
 """
 
 from __future__ import annotations
@@ -16,21 +21,21 @@ from pathlib import Path
 
 import ffmpeg  # ffmpeg-python
 
+from anime_pipeline.domain.contracts import NVENC_ENCODER, SOFTWARE_ENCODER
 from anime_pipeline.media import ffmpeg as ff
 from anime_pipeline.media.synth import find_font
 
-SOFTWARE_ENCODER = "libx264"
 _COMMON = {"pix_fmt": "yuv420p", "profile:v": "high",
            "bf": 0,  # no B-frames: no edit lists, exact durations, clean concat
            "video_track_timescale": 90000, "movflags": "+faststart"}
-# One codec configuration per encoder for every delivered clip (a concat `-c copy` needs
-# identical streams; the composite re-encodes when an episode's clips used different ones).
+# One codec configuration per encoder (the names are domain.contracts.ENCODERS) for every
+# delivered clip (a concat `-c copy` needs identical streams; the composite re-encodes in
+# software when an episode's clips used different ones).
 ENCODER_ARGS: dict[str, dict[str, object]] = {
-    "libx264": {"c:v": "libx264", "preset": "veryfast", "crf": 20, **_COMMON},
-    "h264_nvenc": {"c:v": "h264_nvenc", "preset": "p4", "rc": "vbr", "cq": 21, "b:v": 0,
-                   **_COMMON},
+    SOFTWARE_ENCODER: {"c:v": SOFTWARE_ENCODER, "preset": "veryfast", "crf": 20, **_COMMON},
+    NVENC_ENCODER: {"c:v": NVENC_ENCODER, "preset": "p4", "rc": "vbr", "cq": 21, "b:v": 0,
+                    **_COMMON},
 }
-VIDEO_CODEC_ARGS = ENCODER_ARGS[SOFTWARE_ENCODER]
 
 
 def codec_args(encoder: str) -> dict[str, object]:
@@ -159,7 +164,7 @@ def animatic_args(
     # pixels, and the extra resolution keeps slow moves from stepping visibly.
     work_w, work_h = gen.width * 2, gen.height * 2
     still = (
-        ffmpeg.input(str(keyframe))
+        ffmpeg.input(ff.media_url(keyframe), **ff.input_options(keyframe))
         .filter("scale", work_w, work_h, force_original_aspect_ratio="increase")
         .filter("crop", work_w, work_h)
     )
@@ -175,9 +180,13 @@ def source_clip_args(
     uri: str, out: Path, *, in_ms: int, duration_ms: int, gen: Generation, delivery: Delivery,
     thumbnail: Path | None = None, encoder: str = SOFTWARE_ENCODER,
 ) -> list[str]:
-    """Cut ``duration_ms`` at ``in_ms`` from a file or http(s) MP4/HLS; keep only the cut."""
+    """Cut ``duration_ms`` at ``in_ms`` from a file or http(s) MP4/HLS; keep only the cut.
+
+    ``uri`` is an http(s) URL or a local path; a local HLS playlist may reach only local
+    files, a remote one only the network."""
     frames = delivery.frames_for(duration_ms)
-    src = ffmpeg.input(uri, ss=f"{in_ms / 1000:.3f}", t=f"{duration_ms / 1000:.3f}")
+    src = ffmpeg.input(ff.media_url(uri), ss=f"{in_ms / 1000:.3f}", t=f"{duration_ms / 1000:.3f}",
+                       **ff.input_options(uri, local=ff.LOCAL_SOURCE_PROTOCOLS))
     video = (
         src.video.filter("fps", fps=gen.fps)
         .filter("scale", gen.width, gen.height, force_original_aspect_ratio="decrease")
@@ -210,57 +219,7 @@ def placeholder_args(
     return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail)
 
 
-# --------------------------------------------------------------------------- composite
-
-
-def concat_list(clips: Sequence[Path], list_file: Path) -> None:
-    lines = []
-    for clip in clips:
-        escaped = str(clip.resolve()).replace("'", "'\\''")
-        lines.append(f"file '{escaped}'")
-    list_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def composite_args(
-    list_file: Path, audio: Path, subtitles_srt: Path | None, out: Path, *,
-    duration_ms: int, delivery: Delivery, burn_in_ass: Path | None = None,
-    subtitle_language: str = "und", title: str = "", reencode: bool = False,
-) -> list[str]:
-    """Concat clips (stream copy), mux the mix cut/padded to the episode, soft subtitles.
-
-    With ``burn_in_ass`` (subtitles drawn on the picture) or ``reencode`` (clips made by
-    different encoders) the video is re-encoded in software instead of copied.
-    """
-    seconds = f"{duration_ms / 1000:.3f}"
-    args = ["-f", "concat", "-safe", "0", "-i", str(list_file), "-i", str(audio)]
-    if subtitles_srt is not None:
-        args += ["-i", str(subtitles_srt)]
-    args += ["-map", "0:v:0", "-map", "1:a:0"]
-    if subtitles_srt is not None:
-        args += ["-map", "2:s:0", "-c:s", "mov_text",
-                 "-metadata:s:s:0", f"language={subtitle_language}",
-                 "-metadata:s:s:0", "title=Dialogue"]
-    if burn_in_ass is not None or reencode:
-        if burn_in_ass is not None:
-            escaped = (str(burn_in_ass).replace("\\", "/").replace(":", "\\:")
-                       .replace("'", "\\'"))
-            args += ["-vf", f"ass='{escaped}'"]
-        for key, value in VIDEO_CODEC_ARGS.items():
-            if key != "movflags":
-                args += [f"-{key}", str(value)]
-        args += ["-r", str(delivery.rate)]
-    else:
-        args += ["-c:v", "copy"]
-    # Audio: pad with silence then cut, so the mix matches the episode exactly.
-    args += ["-af", f"apad,atrim=0:{seconds}", "-c:a", "aac", "-b:a", "192k", "-ar", "48000"]
-    args += ["-t", seconds, "-metadata", f"title={title}", "-movflags", "+faststart",
-             "-f", "mp4", str(out)]
-    return args
-
-
-def thumbnail_args(video: Path, out: Path, *, at_s: float, width: int = 320) -> list[str]:
-    stream = ffmpeg.input(str(video), ss=f"{max(0.0, at_s):.3f}").filter("scale", width, -2)
-    return _compile(ffmpeg.output(stream, str(out), vframes=1, f="image2", c="mjpeg", q=5))
+# --------------------------------------------------------------------------- previews
 
 
 def contact_sheet_args(video: Path, out: Path, *, duration_s: float, columns: int = 6,
@@ -283,5 +242,6 @@ def image_markdown(path: Path, alt: str = "preview") -> str:
     return f"![{alt}](data:image/jpeg;base64,{data})"
 
 
-def render(args: Sequence[str], *, timeout: float | None = None) -> None:
+def render(args: Sequence[str], *, timeout: float) -> None:
+    """Run one of the commands above (``timeout`` in seconds, see ``ff.timeout_for``)."""
     ff.run(args, timeout=timeout)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from anime_pipeline.media.ffmpeg import run
+from anime_pipeline.media.ffmpeg import run, timeout_for
 
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
@@ -275,5 +275,8 @@ def make_footage(
         "-threads", "2", "-map_metadata", "-1", "-fflags", "+bitexact",
         "-flags:v", "+bitexact", "-movflags", "+faststart", str(out),
     ]  # fmt: skip
-    run(args, timeout=300)
+    # mandelbrot is slow to draw: never less than five minutes.
+    frames = round(duration_s * fps)
+    run(args, timeout=max(300.0, timeout_for(duration_s, pixels_per_frame=width * height,
+                                             frames=frames)))
     return out
