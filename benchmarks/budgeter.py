@@ -5,7 +5,7 @@ criticality, audio density, global profile, style and available backends) with r
 budgets between the cheapest and the most expensive plan. For each instance:
 
 * ``plan ms``: our solver (``solve_mckp``) on the episode's candidate matrices;
-* ``e2e ms``: the whole ``build_compute_plan`` (CB1..CB4 and the JSON plan);
+* ``e2e ms``: the whole ``build_compute_plan`` (CB1..CB4 and the ``ComputePlan``);
 * ``ratio``: our objective / the exact optimum of ``scipy.optimize.milp`` (HiGHS) on the
   same candidates (dominated candidates removed first: that cannot change the optimum).
   Should HiGHS hit its time limit (``MILP_TIME_LIMIT_S``, it can on a few 10,000-shot
@@ -17,29 +17,35 @@ Run by hand (scipy is a dev dependency)::
 
     .venv/bin/python benchmarks/budgeter.py               # 20 x 100, 10 x 1000, 3 x 10000
     .venv/bin/python benchmarks/budgeter.py --sizes 100 --instances 50 --seed 7
+    .venv/bin/python benchmarks/budgeter.py --timing 10000   # no MILP: plan, JSON, validation
+
+``--timing N`` times, on one random N-shot episode (seed ``--seed``), the median of
+``--repeat`` runs of ``build_compute_plan``, of its JSON (``model_dump_json``) and of
+``validate_plan``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anime_pipeline.budget import build_compute_plan  # noqa: E402
-from anime_pipeline.budget.planner import (  # noqa: E402
-    analyze_complexity,
-    build_candidates,
-    resolve_settings,
-)
+from anime_pipeline.budget import build_compute_plan, validate_plan  # noqa: E402
+from anime_pipeline.budget.allocation import build_candidates  # noqa: E402
+from anime_pipeline.budget.complexity import analyze_complexity  # noqa: E402
+from anime_pipeline.budget.settings import resolve_settings  # noqa: E402
 from anime_pipeline.budget.solver import pareto_front, solve_mckp  # noqa: E402
 from anime_pipeline.domain.contracts import ResourceState  # noqa: E402
 from anime_pipeline.domain.episode import CreativeControl, Episode, Shot  # noqa: E402
@@ -171,13 +177,53 @@ def run(sizes: list[int], instances: dict[int, int], seed: int,
             t0 = time.perf_counter()
             plan = build_compute_plan(episode, creative, manifest, resources, now=NOW)
             e2e_ms.append((time.perf_counter() - t0) * 1000)
-            if plan["budget_summary"]["estimated_gpu_sec"] > budget:
+            if plan.budget_summary.estimated_gpu_sec > budget:
                 overruns += 1
+            del plan  # not alive while the next one is built (that alone costs ~30%)
         overruns_total += overruns
         print(f"{n:>6} {len(ratios):>4} {min(ratios):>8.5f} {statistics.mean(ratios):>8.5f} "
               f"{max(plan_ms):>14.1f} {max(e2e_ms):>13.1f} {overruns:>8}  "
               f"{', '.join(sorted(milp_notes))}", flush=True)
     return overruns_total
+
+
+def random_instance(rng: np.random.Generator, n: int) -> tuple[Episode, CreativeControl,
+                                                                 ResourceState, dict]:
+    """A random n-shot episode with a budget halfway between its cheapest and dearest
+    plan."""
+    episode, cc, resources, manifest = random_episode(rng, n)
+    settings = resolve_settings(episode, CreativeControl.model_validate(cc), resources, NOW)
+    grid = build_candidates(analyze_complexity(episode, manifest), settings)
+    lo = float(np.min(grid.cost, axis=1).sum())
+    hi = float(np.where(np.isfinite(grid.cost), grid.cost, 0).max(axis=1).sum())
+    creative = CreativeControl.model_validate(
+        {**cc, "budget": {"max_gpu_minutes": (lo + 0.5 * (hi - lo)) / 60.0}})
+    return episode, creative, resources, manifest
+
+
+def timing(n: int, seed: int, repeat: int) -> None:
+    episode, creative, resources, manifest = random_instance(np.random.default_rng(seed), n)
+
+    def median_ms(fn: Callable[[], object], times: int) -> float:
+        out = []
+        for _ in range(times):
+            t0 = time.perf_counter()
+            result = fn()
+            out.append((time.perf_counter() - t0) * 1000)
+            del result  # freeing it is not part of the timing
+            gc.collect()
+        return statistics.median(out)
+
+    def build() -> Any:
+        return build_compute_plan(episode, creative, manifest, resources, now=NOW)
+
+    build_ms = median_ms(build, repeat)  # first, with no other plan alive
+    plan = build()
+    json_ms = median_ms(plan.model_dump_json, max(1, repeat // 2))
+    validate_ms = median_ms(lambda: validate_plan(plan), max(1, repeat // 2))
+    print(f"{n} shots, {sum(len(s.candidates) for s in plan.shots)} candidates written "
+          f"(median of {repeat}): build_compute_plan {build_ms:.0f} ms, "
+          f"model_dump_json {json_ms:.0f} ms, validate_plan {validate_ms:.0f} ms")
 
 
 def main() -> None:
@@ -187,7 +233,13 @@ def main() -> None:
                     help="instances per size (default: 20 / 10 / 3 for 100 / 1000 / 10000)")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per instance")
+    ap.add_argument("--timing", type=int, metavar="N", default=None,
+                    help="only time build_compute_plan, its JSON and validate_plan at N shots")
+    ap.add_argument("--repeat", type=int, default=7, help="runs per timing (--timing)")
     args = ap.parse_args()
+    if args.timing is not None:
+        timing(args.timing, args.seed, args.repeat)
+        return
     default = {100: 20, 1000: 10, 10000: 3}
     instances = {n: args.instances or default.get(n, 5) for n in args.sizes}
     overruns = run(args.sizes, instances, args.seed, args.verbose)

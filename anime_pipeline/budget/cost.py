@@ -21,6 +21,11 @@ group that has records, median of each group:
 
 History rates already include each clip's fixed overhead, so only the overhead of extra
 segments (beyond the first) is added to them.
+
+History records are dicts or typed clip metadata
+(:class:`~anime_pipeline.domain.records.ClipMetadata`, or anything with the same
+attributes); a clip that was not really rendered (reused from the cache, or a placeholder
+slate) says nothing about a backend's cost and is skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from anime_pipeline.domain.contracts import RESOLUTION_TIERS
 
@@ -63,6 +68,47 @@ def _fps_key(fps: float) -> float:
     return round(float(fps), 3)
 
 
+_FIELDS = ("backend", "shot_type", "fps", "resolution", "render_seconds", "duration_ms")
+
+
+class ClipTiming(Protocol):
+    """What a history record needs, read by attribute (e.g. ``ClipMetadata``)."""
+
+    @property
+    def backend(self) -> str: ...
+    @property
+    def shot_type(self) -> str: ...
+    @property
+    def fps(self) -> float: ...
+    @property
+    def resolution(self) -> str: ...
+    @property
+    def render_seconds(self) -> float: ...
+    @property
+    def duration_ms(self) -> int: ...
+
+
+HistoryRecord = Mapping[str, Any] | ClipTiming
+
+
+def _fields(rec: Any) -> tuple[Any, ...]:
+    """The record's six fields; KeyError when one is missing."""
+    if isinstance(rec, Mapping):
+        return tuple(rec[k] for k in _FIELDS)
+    try:
+        return tuple(getattr(rec, k) for k in _FIELDS)
+    except AttributeError as e:
+        raise KeyError(str(e)) from None
+
+
+def _not_rendered(rec: Any) -> bool:
+    """A reused (cached) clip or a placeholder slate: no render time to learn from."""
+    if isinstance(rec, Mapping):
+        return bool(rec.get("cached")) or bool(rec.get("placeholder")) \
+            or rec.get("status") == "placeholder"
+    return bool(getattr(rec, "cached", False)) or bool(getattr(rec, "placeholder", False))
+
+
 @dataclass
 class CostHistory:
     """Past render times grouped by backend, shot type, fps and resolution."""
@@ -72,23 +118,30 @@ class CostHistory:
     by_backend: dict[str, float] = field(default_factory=dict)
     records: int = 0
     rejected: int = 0
+    skipped: int = 0  # clips not really rendered (cached, placeholder)
 
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> CostHistory:
+    def from_records(cls, records: Iterable[HistoryRecord]) -> CostHistory:
         """Build from ``{"backend","shot_type","fps","resolution","render_seconds",
-        "duration_ms"}`` records; malformed records are counted in ``rejected``."""
+        "duration_ms"}`` dicts or objects with those attributes (``ClipMetadata``);
+        malformed records are counted in ``rejected``, cached or placeholder clips in
+        ``skipped``."""
         exact: dict[tuple[str, str, float, str], list[float]] = defaultdict(list)
         by_type: dict[tuple[str, str], list[float]] = defaultdict(list)
         by_backend: dict[str, list[float]] = defaultdict(list)
-        n = bad = 0
+        n = bad = skipped = 0
         for rec in records:
+            if _not_rendered(rec):
+                skipped += 1
+                continue
             try:
-                backend = str(rec["backend"])
-                shot_type = str(getattr(rec["shot_type"], "value", rec["shot_type"]))
-                fps = float(rec["fps"])
-                res = str(rec["resolution"])
-                secs = float(rec["render_seconds"])
-                dur_s = float(rec["duration_ms"]) / 1000.0
+                backend_v, type_v, fps_v, res_v, secs_v, dur_v = _fields(rec)
+                backend = str(backend_v)
+                shot_type = str(getattr(type_v, "value", type_v))
+                fps = float(fps_v)
+                res = str(res_v)
+                secs = float(secs_v)
+                dur_s = float(dur_v) / 1000.0
             except (KeyError, TypeError, ValueError):
                 bad += 1
                 continue
@@ -113,6 +166,7 @@ class CostHistory:
             by_backend={k: med(v) for k, v in by_backend.items()},
             records=n,
             rejected=bad,
+            skipped=skipped,
         )
 
     def __len__(self) -> int:

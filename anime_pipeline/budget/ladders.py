@@ -2,9 +2,9 @@
 
 A ladder is walked in order after ``retry_budget`` retries of the planned render have
 failed. Each step is tried once; a step that would not lower anything (the shot is already
-at or below the step's resolution, or its fps is already at the 6 fps floor, or there is no
-next backend in the shot's ``backend_preference``) is skipped. Every ladder ends with
-``placeholder``: a slate of the shot's exact length, flagged as degraded.
+at or below the step's resolution, or its fps is already at the ``MIN_FPS`` floor of 6 fps,
+or there is no next backend in the shot's ``backend_preference``) is skipped. Every ladder
+ends with ``placeholder``: a slate of the shot's exact length, flagged as degraded.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from anime_pipeline.domain.contracts import RESOLUTION_TIERS
+from anime_pipeline.domain.contracts import MIN_FPS, RESOLUTION_TIERS
 
 DegradeAction = Literal["lower_fps", "lower_resolution", "next_backend", "placeholder"]
 
-#: fps a ``lower_fps`` step never goes below.
-MIN_LADDER_FPS = 6.0
-
 
 @dataclass(frozen=True)
-class DegradeStep:
+class DegradeLadderStep:
+    """One step of a degrade ladder (not to be confused with the runtime monitor's
+    ``PolicyDowngrade``, a change of the execution policy)."""
+
     action: DegradeAction
-    fps_factor: float | None = None  # lower_fps: multiply the fps by this (never below 6)
+    fps_factor: float | None = None  # lower_fps: multiply the fps by this (>= MIN_FPS)
     resolution: str | None = None  # lower_resolution: the tier to drop to
 
     def __post_init__(self) -> None:
@@ -42,7 +42,7 @@ class DegradeStep:
         """The fps after this step (unchanged unless ``lower_fps``)."""
         if self.action != "lower_fps" or self.fps_factor is None:
             return fps
-        return max(MIN_LADDER_FPS, fps * self.fps_factor) if fps > MIN_LADDER_FPS else fps
+        return max(MIN_FPS, fps * self.fps_factor) if fps > MIN_FPS else fps
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -51,46 +51,46 @@ class DegradeStep:
 _FPS: DegradeAction = "lower_fps"
 _RES: DegradeAction = "lower_resolution"
 
-LADDERS: dict[str, tuple[DegradeStep, ...]] = {
+LADDERS: dict[str, tuple[DegradeLadderStep, ...]] = {
     # Static / dialogue shots: fps is already low; give up resolution first.
     "DL_LOW_MOTION_V1": (
-        DegradeStep(_RES, resolution="480p"),
-        DegradeStep("next_backend"),
-        DegradeStep(_RES, resolution="360p"),
-        DegradeStep("placeholder"),
+        DegradeLadderStep(_RES, resolution="480p"),
+        DegradeLadderStep("next_backend"),
+        DegradeLadderStep(_RES, resolution="360p"),
+        DegradeLadderStep("placeholder"),
     ),
     # The default: halve fps, then resolution, then another backend.
     "DL_STANDARD_V1": (
-        DegradeStep(_FPS, fps_factor=0.5),
-        DegradeStep(_RES, resolution="540p"),
-        DegradeStep("next_backend"),
-        DegradeStep("placeholder"),
+        DegradeLadderStep(_FPS, fps_factor=0.5),
+        DegradeLadderStep(_RES, resolution="540p"),
+        DegradeLadderStep("next_backend"),
+        DegradeLadderStep("placeholder"),
     ),
     # Fights: motion is the point; drop fps mildly, resolution first, fps further last.
     "DL_HIGH_MOTION_V1": (
-        DegradeStep(_FPS, fps_factor=0.75),
-        DegradeStep(_RES, resolution="540p"),
-        DegradeStep("next_backend"),
-        DegradeStep(_FPS, fps_factor=0.5),
-        DegradeStep("placeholder"),
+        DegradeLadderStep(_FPS, fps_factor=0.75),
+        DegradeLadderStep(_RES, resolution="540p"),
+        DegradeLadderStep("next_backend"),
+        DegradeLadderStep(_FPS, fps_factor=0.5),
+        DegradeLadderStep("placeholder"),
     ),
     # Critical shots: first try the same quality on the next backend, then mild steps.
     "DL_CRITICAL_V1": (
-        DegradeStep("next_backend"),
-        DegradeStep(_FPS, fps_factor=0.75),
-        DegradeStep(_RES, resolution="720p"),
-        DegradeStep("next_backend"),
-        DegradeStep("placeholder"),
+        DegradeLadderStep("next_backend"),
+        DegradeLadderStep(_FPS, fps_factor=0.75),
+        DegradeLadderStep(_RES, resolution="720p"),
+        DegradeLadderStep("next_backend"),
+        DegradeLadderStep("placeholder"),
     ),
     # Preview-tier shots: already the cheapest tier; only another backend, then the slate.
     "DL_PREVIEW_V1": (
-        DegradeStep("next_backend"),
-        DegradeStep("placeholder"),
+        DegradeLadderStep("next_backend"),
+        DegradeLadderStep("placeholder"),
     ),
 }
 
 
-def get_ladder(name: str) -> list[DegradeStep]:
+def get_ladder(name: str) -> list[DegradeLadderStep]:
     """The steps of ladder ``name`` (a plan's ``degrade_ladder_profile``)."""
     try:
         return list(LADDERS[name])
@@ -99,7 +99,8 @@ def get_ladder(name: str) -> list[DegradeStep]:
 
 
 def ladders_json() -> dict[str, list[dict[str, Any]]]:
-    """Every ladder as JSON, embedded in each plan so a renderer needs no code to walk it."""
+    """Every ladder as JSON (``degrade_ladders`` of each plan, so a renderer needs no code
+    to walk it)."""
     return {name: [s.to_json() for s in steps] for name, steps in LADDERS.items()}
 
 

@@ -75,8 +75,14 @@ def pareto_front(costs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
     return idx, pc, pv
 
 
-def solve_mckp(costs: np.ndarray, values: np.ndarray, budget: float | None) -> Solution:
-    """Near-optimal MCKP; see the module docstring. ``budget=None`` means no cap."""
+def solve_mckp(
+    costs: np.ndarray,
+    values: np.ndarray,
+    budget: float | None,
+    front: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Solution:
+    """Near-optimal MCKP; see the module docstring. ``budget=None`` means no cap.
+    ``front``: ``pareto_front(costs, values)`` when the caller already has it."""
     t0 = time.perf_counter()
     costs = np.asarray(costs, dtype=float)
     values = np.asarray(values, dtype=float)
@@ -85,7 +91,7 @@ def solve_mckp(costs: np.ndarray, values: np.ndarray, budget: float | None) -> S
     n = costs.shape[0]
     if n == 0:
         return Solution(np.zeros(0, dtype=int), 0.0, 0.0, True, "mckp_hull_greedy", 0.0, 0.0)
-    idx, pc, pv = pareto_front(costs, values)
+    idx, pc, pv = pareto_front(costs, values) if front is None else front
     rows = np.arange(n)
     k = pc.shape[1]
     min_cost = math.fsum(pc[:, 0].tolist())

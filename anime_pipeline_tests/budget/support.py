@@ -7,6 +7,7 @@ from typing import Any
 
 from anime_pipeline.domain.contracts import ResourceState
 from anime_pipeline.domain.episode import CreativeControl, Episode
+from anime_pipeline.domain.records import AudioManifest, EnergyCurve, ShotAudio
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ALL_BACKENDS = ("animatic", "source_clip", "wan_i2v", "comfyui_i2v")
@@ -66,3 +67,22 @@ def sample() -> tuple[Episode, dict[str, Any]]:
         "S09": (1.0, 0.3), "S10": (0.8, 0.3), "S11": (3.0, 0.7), "S12": (0.5, 0.4),
     })
     return episode(shots), audio
+
+
+def audio_record(ep: Episode, entries: dict[str, tuple[float, float]]) -> AudioManifest:
+    """{shot_id: (event_density, peak_energy)} -> a typed audio manifest of ``ep``."""
+    starts, t = {}, 0
+    for s in ep.shots:
+        starts[s.id], t = t, t + s.duration_ms
+    shots = [
+        ShotAudio(shot_id=s.id, start_ms=starts[s.id], end_ms=starts[s.id] + s.duration_ms,
+                  onset_count=round(entries[s.id][0] * s.duration_ms / 1000), beat_count=0,
+                  event_density=entries[s.id][0], peak_energy=entries[s.id][1],
+                  mean_energy=entries[s.id][1] / 2)
+        for s in ep.shots if s.id in entries
+    ]
+    return AudioManifest(
+        episode_key=ep.key, source="audio/mix.wav", sample_rate=22_050,
+        duration_ms=ep.duration_ms, episode_duration_ms=ep.duration_ms, tempo_bpm=None,
+        beats_ms=[], onsets_ms=[], energy=EnergyCurve(hop_ms=50, values=[]), shots=shots,
+    )

@@ -91,42 +91,44 @@ def test_plan_properties(case: tuple[Episode, CreativeControl, dict[str, Any], R
     ep, cc, audio, res = case
     plan = build_compute_plan(ep, cc, audio, res, now=NOW)
     validate_plan(plan)
-    json.loads(json.dumps(plan, allow_nan=False))
-    assert plan["status"] in ("compute_plan_ready", "rebalance_required")
+    doc = json.loads(json.dumps(plan.model_dump(mode="json"), allow_nan=False))
+    validate_plan(doc)
+    assert plan.status in ("compute_plan_ready", "rebalance_required")
 
     # every shot planned exactly once, in episode order, and in exactly one first stage
     ids = [s.id for s in ep.shots]
-    assert [s["shot_id"] for s in plan["shots"]] == ids
-    first = plan["stages"][0]["shots"]
+    assert plan.shot_ids == ids
+    first = plan.stages[0].shots
     assert sorted(first) == sorted(ids)
-    if len(plan["stages"]) == 2:
-        assert set(plan["stages"][1]["shots"]) <= set(ids)
-        assert plan["stages"][0]["name"] == "preview"
+    if len(plan.stages) == 2:
+        assert set(plan.stages[1].shots) <= set(ids)
+        assert plan.stages[0].name == "preview"
 
     # the budget is never exceeded; a rebalance status always carries a proposal
-    total = sum(s["estimated_cost"]["gpu_sec"] for s in plan["shots"])
+    total = sum(s.estimated_cost.gpu_sec for s in plan.shots)
     budget = cc.budget.max_gpu_minutes
-    if plan["status"] == "compute_plan_ready":
+    if plan.status == "compute_plan_ready":
         if budget is not None:
             assert total <= budget * 60
-            assert plan["budget_summary"]["estimated_gpu_minutes"] <= budget
+            assert plan.budget_summary.estimated_gpu_minutes <= budget
     else:
         assert budget is not None and total > budget * 60
-        assert plan["rebalance_proposal"]["missing_gpu_minutes"] > 0
+        assert plan.rebalance_proposal is not None
+        assert plan.rebalance_proposal.missing_gpu_minutes > 0
 
     allowed = set(res.available_backends) | {"animatic", "source_clip"}
-    for s, shot in zip(plan["shots"], ep.shots, strict=True):
-        assert s["target_fps"] <= ep.format.fps + 1e-9
+    for s, shot in zip(plan.shots, ep.shots, strict=True):
+        assert s.target_fps <= ep.format.fps + 1e-9
         if res.max_fps:
-            assert s["target_fps"] <= res.max_fps
-        assert RESOLUTION_TIERS[s["target_resolution"]] <= max(ep.format.height, 240)
-        prefs = s["backend_preference"]
+            assert s.target_fps <= res.max_fps
+        assert RESOLUTION_TIERS[s.target_resolution] <= max(ep.format.height, 240)
+        prefs = s.backend_preference
         assert set(prefs) <= allowed and prefs[-1] in ("animatic", "source_clip")
         if shot.source is not None:
             assert prefs[0] == "source_clip"
         if not cc.feature_flags.enable_backend_priority_assignment:
             assert set(prefs) <= {"animatic", "source_clip"}
         if not cc.feature_flags.enable_dynamic_fps:
-            assert len({x["target_fps"] for x in plan["shots"]}) == 1
-        if cc.style.min_fps and plan["status"] == "compute_plan_ready":
-            assert s["target_fps"] >= min(cc.style.min_fps, s["floor"]["fps"]) - 1e-9
+            assert len({x.target_fps for x in plan.shots}) == 1
+        if cc.style.min_fps and plan.status == "compute_plan_ready":
+            assert s.target_fps >= min(cc.style.min_fps, s.floor.fps) - 1e-9

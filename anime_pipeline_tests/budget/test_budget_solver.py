@@ -10,7 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anime_pipeline.budget.planner import analyze_complexity, build_candidates, resolve_settings
+from anime_pipeline.budget.allocation import build_candidates
+from anime_pipeline.budget.complexity import analyze_complexity
+from anime_pipeline.budget.settings import resolve_settings
 from anime_pipeline.budget.solver import pareto_front, solve_mckp, solve_uniform
 from anime_pipeline_tests.budget.support import GPU, NOW, creative, sample
 
@@ -122,6 +124,9 @@ def test_planner_instance_matches_milp(minutes: float) -> None:
     assert res.status == 0
     assert sol.used <= budget
     assert sol.objective >= 0.995 * -res.fun
+    # a precomputed front (what the planner passes) gives the same solution
+    again = solve_mckp(grid.cost, grid.value, budget, front=grid.front())
+    assert again.choice.tolist() == sol.choice.tolist() and again.objective == sol.objective
 
 
 def test_sub_ulp_cost_difference_is_decided_by_the_exact_total() -> None:

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
 
-from anime_pipeline.budget import build_compute_plan, validate_plan
-from anime_pipeline.budget.planner import (
-    PlanningError,
-    allocate_budget,
-    analyze_complexity,
-    assign_backends,
-    build_candidates,
-    rebalance_sla,
-    resolve_settings,
-)
-from anime_pipeline.domain.contracts import ResourceState
+from anime_pipeline.budget import ComputePlan, build_compute_plan, validate_plan
+from anime_pipeline.budget.allocation import allocate_budget, build_candidates
+from anime_pipeline.budget.assignment import assign_backends
+from anime_pipeline.budget.complexity import analyze_complexity
+from anime_pipeline.budget.settings import PlanningError, resolve_settings
+from anime_pipeline.budget.sla import rebalance_sla
+from anime_pipeline.domain.contracts import MIN_FPS, ResourceState
 from anime_pipeline_tests.budget.support import (
     GPU,
     NOW,
+    audio_record,
     creative,
     episode,
     manifest,
@@ -70,6 +68,44 @@ def test_cb1_critical_degradable_opening_priority() -> None:
     assert got[3].render_priority == "normal"
 
 
+def test_cb1_typed_audio_manifest_equals_its_json() -> None:
+    ep, audio = sample()
+    entries = {e["shot_id"]: (e["event_density"], e["peak_energy"]) for e in audio["shots"]}
+    typed = audio_record(ep, entries)
+    assert analyze_complexity(ep, typed) == analyze_complexity(ep, audio)
+    assert analyze_complexity(ep, typed.model_dump(mode="json")) == analyze_complexity(ep, audio)
+    plan_typed = build_compute_plan(ep, creative(global_profile="HIGH"), typed, GPU, now=NOW)
+    plan_json = build_compute_plan(ep, creative(global_profile="HIGH"), audio, GPU, now=NOW)
+    assert plan_typed.shots == plan_json.shots
+
+
+def test_cb1_manifest_warnings() -> None:
+    ep = episode([shot("A", "dialogue"), shot("B", "dialogue")])
+    other = episode([shot("A", "dialogue"), shot("Z", "dialogue")])
+    typed = audio_record(other, {"A": (1.0, 0.5), "Z": (2.0, 0.5)})
+    as_json = typed.model_dump(mode="json")
+    as_json["episode_key"] = "someone/else/ep9"
+    for given in (typed.model_copy(update={"episode_key": "someone/else/ep9"}), as_json):
+        warnings: list[str] = []
+        got = analyze_complexity(ep, given, warnings)
+        assert got[0].in_manifest and not got[1].in_manifest
+        assert any("is for 'someone/else/ep9'" in w for w in warnings)
+        assert any("not in the episode: ['Z']" in w for w in warnings)
+        assert any("1 shot(s) missing" in w for w in warnings)
+    warnings = []
+    analyze_complexity(ep, {"shots": {"A": 1}}, warnings)
+    assert any("`shots` is not a list" in w for w in warnings)
+    warnings = []
+    got = analyze_complexity(ep, {"shots": [{"shot_id": "A", "event_density": "loud",
+                                             "peak_energy": 7}, {"no": "id"}, "x"]}, warnings)
+    assert got[0].event_density == 0.0 and got[0].peak_energy == 1.0  # clamped, tolerant
+    warnings = []
+    analyze_complexity(ep, None, warnings)
+    assert warnings == ["no audio manifest: every shot treated as silence"]
+    with pytest.raises(PlanningError, match="audio manifest"):
+        analyze_complexity(ep, 42)  # type: ignore[arg-type]
+
+
 def test_cb1_duplicate_ids_fail() -> None:
     ep = episode([shot("A"), shot("A")])
     with pytest.raises(PlanningError, match="duplicate"):
@@ -92,6 +128,14 @@ def test_cb2_caps_fps_and_resolution_to_delivery() -> None:
     ok = np.isfinite(grid.cost[0])
     assert grid.fps[ok].max() <= 12
     assert grid.heights[ok].max() <= 480
+
+
+def test_cb2_never_below_min_fps() -> None:
+    ep, audio = sample()
+    s = _settings(ep, global_profile="LOW")
+    grid = build_candidates(analyze_complexity(ep, audio), s)
+    assert grid.fps.min() == MIN_FPS
+    assert (grid.floor_fps >= MIN_FPS).all()
 
 
 def test_cb2_resources_cap_fps_and_resolution() -> None:
@@ -180,7 +224,7 @@ def test_cb3_only_available_generative_backends() -> None:
     ep, audio = sample()
     res = ResourceState(gpu_count=1, available_backends=("animatic", "comfyui_i2v"))
     plan = build_compute_plan(ep, creative(global_profile="HIGH"), audio, res, now=NOW)
-    used = {b for s in plan["shots"] for b in s["backend_preference"]}
+    used = {b for s in plan.shots for b in s.backend_preference}
     assert "wan_i2v" not in used and "comfyui_i2v" in used
 
 
@@ -188,8 +232,8 @@ def test_cb3_final_mode_adds_a_retry() -> None:
     ep, audio = sample()
     std = build_compute_plan(ep, creative(global_profile="LOW"), audio, now=NOW)
     fin = build_compute_plan(ep, creative(global_profile="LOW", mode="final"), audio, now=NOW)
-    for a, b in zip(std["shots"], fin["shots"], strict=True):
-        assert b["retry_budget"] == a["retry_budget"] + 1
+    for a, b in zip(std.shots, fin.shots, strict=True):
+        assert b.retry_budget == a.retry_budget + 1
 
 
 # ------------------------------------------------------------------ CB4
@@ -205,8 +249,8 @@ def test_cb4_no_pressure_single_final_stage() -> None:
     ep, audio = sample()
     analyses, out = _cb4(ep, audio, global_profile="HIGH", budget={"max_gpu_minutes": 30})
     assert not out.staged and out.reasons == []
-    assert [st["name"] for st in out.stages] == ["final"]
-    assert out.stages[0]["shots"][:2] == ["S05", "S12"]  # critical shots render first
+    assert [st.name for st in out.stages] == ["final"]
+    assert out.stages[0].shots[:2] == ["S05", "S12"]  # critical shots render first
 
 
 def test_cb4_preview_mode_secondary_shots_at_preview_tier() -> None:
@@ -219,9 +263,9 @@ def test_cb4_preview_mode_secondary_shots_at_preview_tier() -> None:
         if not (a.critical or a.opening):
             assert alloc.choice[i] == alloc.preview_cell[i]
     preview, final = out.stages
-    assert preview["name"] == "preview" and final["name"] == "final"
-    assert preview["shots"][:3] == ["S05", "S12", "S01"]  # critical, then opening
-    assert final["shots"] == []
+    assert preview.name == "preview" and final.name == "final"
+    assert preview.shots[:3] == ["S05", "S12", "S01"]  # critical, then opening
+    assert final.shots == []
 
 
 def test_cb4_tight_deadline_preview_first_then_final_by_deadline() -> None:
@@ -231,13 +275,13 @@ def test_cb4_tight_deadline_preview_first_then_final_by_deadline() -> None:
                          sla={"deadline": deadline.isoformat()})
     assert "tight_deadline" in out.reasons and out.staged
     preview, final = out.stages
-    assert set(preview["shots"]) == {a.shot_id for a in analyses}
-    assert preview["shots"][:3] == ["S05", "S12", "S01"]
-    assert preview["estimated_finish"] <= final["estimated_finish"]
-    assert out.sla["meets_deadline"] is True
+    assert set(preview.shots) == {a.shot_id for a in analyses}
+    assert preview.shots[:3] == ["S05", "S12", "S01"]
+    assert preview.estimated_finish <= final.estimated_finish
+    assert out.sla.meets_deadline is True
     critical = {a.shot_id for a in analyses if a.critical or a.opening}
-    assert not critical & set(final["shots"])  # critical/opening are final in stage 1
-    assert final["shots"]  # some secondary shots get their final render later
+    assert not critical & set(final.shots)  # critical/opening are final in stage 1
+    assert final.shots  # some secondary shots get their final render later
 
 
 def test_cb4_impossible_deadline_is_reported() -> None:
@@ -245,7 +289,7 @@ def test_cb4_impossible_deadline_is_reported() -> None:
     analyses, out = _cb4(ep, audio, global_profile="HIGH", budget={"max_gpu_minutes": 60},
                          sla={"deadline": (NOW - timedelta(hours=1)).isoformat()})
     assert "tight_deadline" in out.reasons
-    assert out.sla["meets_deadline"] is False
+    assert out.sla.meets_deadline is False
     assert any("deadline" in w for w in out.warnings)
 
 
@@ -256,13 +300,13 @@ def test_cb4_congested_queue_stages_and_delays() -> None:
     analyses, out = _cb4(ep, audio, global_profile="HIGH", budget={"max_gpu_minutes": 30},
                          resources=res)
     assert "congested_queue" in out.reasons and out.staged
-    assert out.sla["queue_delay_sec"] == 8 * 60 / 2
+    assert out.sla.queue_delay_sec == 8 * 60 / 2
 
 
 # ------------------------------------------------------------------ flags
 
 
-def _plan(flags: dict[str, bool], **cc):  # type: ignore[no-untyped-def]
+def _plan(flags: dict[str, bool], **cc: Any) -> ComputePlan:
     ep, audio = sample()
     cc.setdefault("global_profile", "HIGH")
     cc.setdefault("budget", {"max_gpu_minutes": 6})
@@ -274,34 +318,34 @@ def _plan(flags: dict[str, bool], **cc):  # type: ignore[no-untyped-def]
 def test_flag_shot_level_budget() -> None:
     on = _plan({"enable_shot_level_budget": True})
     off = _plan({"enable_shot_level_budget": False})
-    assert on["allocation"]["solver"] == "mckp_hull_greedy"
-    assert off["allocation"]["solver"] == "uniform_global_level"
-    assert off["allocation"]["objective"] < on["allocation"]["objective"]
+    assert on.allocation.solver == "mckp_hull_greedy"
+    assert off.allocation.solver == "uniform_global_level"
+    assert off.allocation.objective < on.allocation.objective
     # one global level: every non-critical keyframe shot gets the same resolution
-    tiers = {s["target_resolution"] for s in off["shots"] if not s["critical"]}
+    tiers = {s.target_resolution for s in off.shots if not s.critical}
     assert len(tiers) == 1
-    assert len({s["target_resolution"] for s in on["shots"]}) > 1
+    assert len({s.target_resolution for s in on.shots}) > 1
     for p in (on, off):
-        assert p["budget_summary"]["estimated_gpu_sec"] <= 6 * 60
+        assert p.budget_summary.estimated_gpu_sec <= 6 * 60
 
 
 def test_flag_dynamic_fps() -> None:
     on = _plan({"enable_dynamic_fps": True}, budget={"max_gpu_minutes": 30})
     off = _plan({"enable_dynamic_fps": False}, budget={"max_gpu_minutes": 30})
-    assert {s["target_fps"] for s in off["shots"]} == {24}  # HIGH baseline, everywhere
-    assert len({s["target_fps"] for s in on["shots"]}) > 1
-    for s in on["shots"]:
-        if s["complexity"] == "low" and not s["critical"]:
-            assert s["target_fps"] <= 12  # lowered below the baseline
-    assert any(s["segment_policy"].startswith("microshot") for s in on["shots"])
-    assert not any(s["segment_policy"].startswith("microshot") for s in off["shots"])
+    assert {s.target_fps for s in off.shots} == {24}  # HIGH baseline, everywhere
+    assert len({s.target_fps for s in on.shots}) > 1
+    for s in on.shots:
+        if s.complexity == "low" and not s.critical:
+            assert s.target_fps <= 12  # lowered below the baseline
+    assert any(s.segment_policy.startswith("microshot") for s in on.shots)
+    assert not any(s.segment_policy.startswith("microshot") for s in off.shots)
 
 
 def test_flag_backend_priority_assignment() -> None:
     on = _plan({"enable_backend_priority_assignment": True}, budget={"max_gpu_minutes": 30})
     off = _plan({"enable_backend_priority_assignment": False}, budget={"max_gpu_minutes": 30})
     gens = {"wan_i2v", "comfyui_i2v"}
-    assert any(s["backend_preference"][0] in gens for s in on["shots"])
-    for s in off["shots"]:
-        assert not gens & set(s["backend_preference"])
-        assert all(c["backend"] not in gens for c in s["candidates"])
+    assert any(s.backend_preference[0] in gens for s in on.shots)
+    for s in off.shots:
+        assert not gens & set(s.backend_preference)
+        assert all(c.backend not in gens for c in s.candidates)
