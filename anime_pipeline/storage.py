@@ -11,17 +11,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+SCRATCH_DIR = ".scratch"
 
 
 class Storage(Protocol):
     def uri(self, key: str) -> str: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
     def put_file(self, local: Path, key: str) -> str: ...
     def put_bytes(self, key: str, data: bytes) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
@@ -45,6 +53,81 @@ def get_json(storage: Storage, key: str) -> Any:
     return json.loads(storage.get_bytes(key))
 
 
+class RecordError(ValueError):
+    """A stored record that is missing or does not match its model; names the key."""
+
+
+def put_record(storage: Storage, key: str, record: BaseModel) -> str:
+    """Write a typed record (one of :mod:`anime_pipeline.domain.records`) as JSON."""
+    return storage.put_bytes(key, record.model_dump_json(indent=2).encode("utf-8"))
+
+
+def get_record(storage: Storage, key: str, model: type[M]) -> M:
+    """Read a typed record back through its model; a broken file names its key."""
+    try:
+        data = storage.get_bytes(key)
+    except FileNotFoundError:
+        raise RecordError(f"{storage.uri(key)}: not found") from None
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecordError(
+            f"{storage.uri(key)}: not a valid {model.__name__} ({where}: {first['msg']})"
+        ) from None
+
+
+# --------------------------------------------------------------------------- scratch
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def reclaim_scratch(base: Path, *, max_age_s: float = 7 * 24 * 3600) -> list[Path]:
+    """Remove work folders left by dead processes (a ``kill -9`` mid-run); return them.
+
+    Folders are named ``<host>-<pid>-<random>``: one of this host whose process is gone is
+    reclaimed at once; any folder untouched for ``max_age_s`` (another host's, say) too.
+    """
+    removed: list[Path] = []
+    if not base.is_dir():
+        return removed
+    host = socket.gethostname()
+    now = time.time()
+    for child in base.iterdir():
+        if not child.is_dir() or child.is_symlink():
+            continue
+        parts = child.name.rsplit("-", 2)  # tempfile's random suffix has no '-'
+        ours = len(parts) == 3 and parts[1].isdigit()
+        dead = ours and parts[0] == host and not _pid_alive(int(parts[1]))
+        try:
+            stale = now - child.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if dead or stale or not ours:
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
+@contextmanager
+def scratch_dir(base: Path) -> Iterator[Path]:
+    """A private work folder under ``base``, removed afterwards (and reclaimed if we die)."""
+    base.mkdir(parents=True, exist_ok=True)
+    reclaim_scratch(base)
+    prefix = f"{socket.gethostname()}-{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=base) as d:
+        yield Path(d)
+
+
 class LocalStore:
     """Files under ``root``; writes are temp-file + ``os.replace`` on the same filesystem."""
 
@@ -59,6 +142,9 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
 
     def _atomic_target(self, key: str) -> tuple[Path, Path]:
         final = self.path(key)
@@ -113,10 +199,8 @@ class LocalStore:
     @contextmanager
     def scratch(self) -> Iterator[Path]:
         """A local work folder on the same filesystem as the store (so results move)."""
-        base = self.root / ".scratch"
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=base) as d:
-            yield Path(d)
+        with scratch_dir(self.root / SCRATCH_DIR) as d:
+            yield d
 
 
 class S3Store:
@@ -148,6 +232,10 @@ class S3Store:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
+
+    def size(self, key: str) -> int:
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return int(head["ContentLength"])
 
     def put_file(self, local: Path, key: str) -> str:
         # upload_file streams in parts; the object only appears once complete.
@@ -186,9 +274,8 @@ class S3Store:
 
     @contextmanager
     def scratch(self) -> Iterator[Path]:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir) as d:
-            yield Path(d)
+        with scratch_dir(self.cache_dir / SCRATCH_DIR) as d:
+            yield d
 
 
 @dataclass(frozen=True)
@@ -222,6 +309,9 @@ class EpisodeKeys:
     def clip_record(self, shot_id: str) -> str:
         return self._k(f"clips/{shot_id}.json")
 
+    def thumbnail(self, shot_id: str) -> str:
+        return self._k(f"clips/{shot_id}.jpg")
+
     @property
     def composite(self) -> str:
         return self._k(f"composite/{self.episode_id}.mp4")
@@ -239,8 +329,16 @@ class EpisodeKeys:
         return self._k("composite/composite.json")
 
     @property
+    def contact_sheet(self) -> str:
+        return self._k("composite/contact_sheet.jpg")
+
+    @property
     def package(self) -> str:
         return self._k(f"delivery/{self.episode_id}_delivery.zip")
+
+    @property
+    def package_record(self) -> str:
+        return self._k("delivery/package.json")
 
     @property
     def catalog_entry(self) -> str:

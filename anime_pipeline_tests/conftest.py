@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 import struct
-import warnings
 import wave
 import zlib
 from pathlib import Path
@@ -11,7 +9,6 @@ from typing import Any
 import pytest
 import yaml
 
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 def tiny_png(width: int = 2, height: int = 2, rgb: bytes = b"\xff\x40\x00") -> bytes:
     """A real PNG (8-bit RGB, one colour) built with zlib, so tiny folders need no ffmpeg."""
@@ -71,8 +68,11 @@ def episode_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own pipeline home and storage; no test touches the repo's."""
+    """Every test gets its own pipeline home, storage and instance home; no test touches the
+    repo's (the variables stand for what a user would set; the code reads them, never writes)."""
     monkeypatch.setenv("ANIME_PIPELINE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
-    monkeypatch.delenv("ANIME_PIPELINE_S3_BUCKET", raising=False)
-    os.environ.pop("DAGSTER_HOME", None)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    for name in ("ANIME_PIPELINE_S3_BUCKET", "ANIME_PIPELINE_INBOX", "FFMPEG_BINARY",
+                 "ANIME_PIPELINE_RENDER_CONCURRENCY", "ANIME_PIPELINE_BURN_SUBTITLES"):
+        monkeypatch.delenv(name, raising=False)

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from anime_pipeline.domain.package import PackageEntry, build_package, verify_package
+from anime_pipeline.domain.records import Lineage
 from anime_pipeline.storage import EpisodeKeys, LocalStore, S3Store, get_json, put_json
+
+LINEAGE = Lineage(episode_key="x/y/z", title="t", run_id="r1", code_version="test")
 
 
 def test_local_roundtrip_and_listing(tmp_path: Path) -> None:
@@ -103,11 +106,11 @@ def test_package_streams_and_verifies(tmp_path: Path) -> None:
     tracemalloc.start()
     manifest = build_package(out, [PackageEntry("ep.mp4", big, "composite"),
                                    PackageEntry("subtitles/a.srt", text, "subtitles")],
-                             {"episode_key": "x/y/z", "run_id": "r1"})
+                             LINEAGE)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 8 * 1024 * 1024  # memory does not grow with the package (40 MiB in)
-    assert manifest["files"][0]["size"] == 40 << 20
+    assert manifest.files[0].size == 40 << 20
     assert verify_package(out) == []
     with zipfile.ZipFile(out) as zf:
         assert zf.getinfo("ep.mp4").compress_type == zipfile.ZIP_STORED
@@ -119,7 +122,7 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
     a = tmp_path / "a.txt"
     a.write_text("hello")
     out = tmp_path / "p.zip"
-    build_package(out, [PackageEntry("a.txt", a, "manifest")], {})
+    build_package(out, [PackageEntry("a.txt", a, "manifest")], LINEAGE)
     with zipfile.ZipFile(out) as zf:
         manifest = zf.read("manifest.json")
     tampered = tmp_path / "t.zip"
@@ -130,3 +133,39 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
     problems = verify_package(tampered)
     assert "a.txt: sha256 mismatch" in problems
     assert "extra.bin: in the ZIP but not in the manifest" in problems
+
+
+def test_records_roundtrip_and_name_the_key_when_broken(tmp_path: Path) -> None:
+    from anime_pipeline.domain.records import CatalogEntry
+    from anime_pipeline.storage import RecordError, get_record, put_record
+
+    store = LocalStore(tmp_path)
+    entry = CatalogEntry(episode_key="a/b/c", episode_dir="/x", shots=["S01"])
+    put_record(store, "a/b/c.json", entry)
+    assert get_record(store, "a/b/c.json", CatalogEntry) == entry
+    store.put_bytes("a/b/bad.json", b'{"episode_key": 1}')
+    with pytest.raises(RecordError, match=r"a/b/bad.json: not a valid CatalogEntry"):
+        get_record(store, "a/b/bad.json", CatalogEntry)
+    with pytest.raises(RecordError, match="not found"):
+        get_record(store, "a/b/none.json", CatalogEntry)
+
+
+def test_scratch_left_by_a_dead_process_is_reclaimed(tmp_path: Path) -> None:
+    """A render killed with -9 leaves its work folder; the next scratch() removes it, and
+    never a live process's."""
+    import socket
+    import subprocess
+
+    store = LocalStore(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    base = tmp_path / ".scratch"
+    leftover = base / f"{socket.gethostname()}-{dead.pid}-abc123"
+    (leftover / "half.zip").parent.mkdir(parents=True)
+    (leftover / "half.zip").write_bytes(b"x" * 1000)
+    live = base / f"{socket.gethostname()}-{os.getpid()}-live01"
+    live.mkdir()
+    with store.scratch() as work:
+        assert work.parent == base and work.name.startswith(f"{socket.gethostname()}-")
+        assert not leftover.exists() and live.exists()
+    assert not work.exists()

@@ -1,19 +1,42 @@
-"""Dagster resources: artifact storage (local disk or S3) and render settings."""
+"""Resources: settings, artifact storage (local disk or S3), render settings, the runtime policy
+in force and the GPU. Values come from ``dg.EnvVar`` when the variable is set, so they resolve
+at launch and the UI shows where they come from; otherwise from the project's defaults."""
 
-from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from anime_pipeline.domain.contracts import ResourceState
+from anime_pipeline.runtime import nvml
+from anime_pipeline.runtime.policy import ExecutionPolicy, to_resource_state
+from anime_pipeline.runtime.profile import RuntimeProfile
+from anime_pipeline.runtime.state import load_profile, policy_in_force
+from anime_pipeline.settings import HOME_ENV, INBOX_ENV, STORAGE_ENV, PipelineConfig
 from anime_pipeline.storage import LocalStore, S3Store, Storage
 
+S3_BUCKET_ENV = "ANIME_PIPELINE_S3_BUCKET"
+S3_PREFIX_ENV = "ANIME_PIPELINE_S3_PREFIX"
+S3_ENDPOINT_ENV = "ANIME_PIPELINE_S3_ENDPOINT_URL"
+CONCURRENCY_ENV = "ANIME_PIPELINE_RENDER_CONCURRENCY"
+BURN_ENV = "ANIME_PIPELINE_BURN_SUBTITLES"
 
-def pipeline_home() -> Path:
-    """Project-local state folder (artifacts, runtime state): ``$ANIME_PIPELINE_HOME``."""
-    return Path(os.environ.get("ANIME_PIPELINE_HOME", ".anime_pipeline")).resolve()
+
+class PipelineSettings(dg.ConfigurableResource):
+    """The pipeline home, the local artifact root, the inbox folders, the state folder."""
+
+    home: str = Field(description="Pipeline home: runtime state, samples, default artifacts "
+                                  "($ANIME_PIPELINE_HOME).")
+    storage_root: str = Field(default="", description="Local artifact root; empty: "
+                                                      "<home>/artifacts.")
+    inbox: str = Field(default="", description="Folders the inbox sensor watches, "
+                                               "separated by the OS path separator.")
+
+    def config(self) -> PipelineConfig:
+        return PipelineConfig.from_values(self.home, self.storage_root or None, self.inbox)
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -24,7 +47,8 @@ class StorageResource(dg.ConfigurableResource):
 
 
 class LocalStorageResource(StorageResource):
-    root: str = Field(description="Folder that holds every artifact, keyed tenant/project/episode.")
+    root: str = Field(description="Folder that holds every artifact, keyed "
+                                  "tenant/project/episode.")
 
     def store(self) -> Storage:
         return LocalStore(self.root)
@@ -44,26 +68,136 @@ class S3StorageResource(StorageResource):
 
 class RenderSettings(dg.ConfigurableResource):
     concurrency: int = Field(default=4, ge=1, le=64,
-                             description="Shots rendered at once within one clips step.")
-    burn_subtitles: bool = Field(default=False, description="Also draw subtitles into the video.")
-    force: bool = Field(default=False, description="Re-render clips even when cached.")
+                             description="Shots rendered at once within one clips step "
+                                         "(capped by the runtime policy).")
+    burn_subtitles: bool = Field(default=False, description="Also draw subtitles into the "
+                                                            "video.")
 
 
-def storage_from_env() -> StorageResource:
-    bucket = os.environ.get("ANIME_PIPELINE_S3_BUCKET")
-    if bucket:
-        return S3StorageResource(
-            bucket=bucket,
-            prefix=os.environ.get("ANIME_PIPELINE_S3_PREFIX", ""),
-            endpoint_url=os.environ.get("ANIME_PIPELINE_S3_ENDPOINT_URL") or None,
-            region_name=os.environ.get("AWS_REGION") or None,
-        )
-    root = os.environ.get("ANIME_PIPELINE_STORAGE") or str(pipeline_home() / "artifacts")
-    return LocalStorageResource(root=root)
+class RuntimePolicyResource(dg.ConfigurableResource):
+    """The execution policy in force: the saved runtime profile's baseline plus the persisted
+    downgrades of the monitor (``runtime_profile.json``, ``runtime_state.json``)."""
+
+    state_dir: str = Field(description="Folder of the runtime profile and monitor state.")
+
+    def profile(self) -> RuntimeProfile:
+        return load_profile(self.state_dir, storage_root=None)
+
+    def policy(self) -> ExecutionPolicy:
+        return policy_in_force(self.state_dir)
+
+    def resource_state(self, queue_depth: int = 0) -> ResourceState:
+        """What the budgeter needs of the machine and the policy in force."""
+        profile = self.profile()
+        return to_resource_state(policy_in_force(self.state_dir, profile), profile, queue_depth)
 
 
-def render_settings_from_env() -> RenderSettings:
-    return RenderSettings(
-        concurrency=int(os.environ.get("ANIME_PIPELINE_RENDER_CONCURRENCY", "4")),
-        burn_subtitles=os.environ.get("ANIME_PIPELINE_BURN_SUBTITLES", "0") in ("1", "true"),
+class InsufficientVramError(RuntimeError):
+    pass
+
+
+class GpuResource(dg.ConfigurableResource):
+    """One NVIDIA GPU as the renderer sees it. Without a GPU or driver every call still answers."""
+
+    device_index: int = 0
+    headroom_mb: int = 256  # kept free for the driver and other processes
+
+    def _reading(self) -> nvml.GpuReading | None:
+        report = nvml.query([self.device_index])
+        return report.gpus[0] if report.gpus else None
+
+    def available(self) -> bool:
+        return self._reading() is not None
+
+    def free_vram_mb(self) -> int | None:
+        r = self._reading()
+        return None if r is None else max(0, r.vram_total_mb - r.vram_used_mb)
+
+    def vram_check(self, required_mb: int, *, raise_on_insufficient: bool = False) -> bool:
+        """True when ``required_mb`` fits in free VRAM beyond the headroom.
+
+        False (or :class:`InsufficientVramError` with ``raise_on_insufficient``) when it does
+        not fit or there is no GPU at ``device_index``.
+        """
+        r = self._reading()
+        if r is None:
+            why = f"no NVIDIA GPU at index {self.device_index}"
+            ok = False
+        else:
+            free = max(0, r.vram_total_mb - r.vram_used_mb)
+            ok = free - self.headroom_mb >= required_mb
+            why = (
+                f"GPU {r.index} ({r.name}) has {free} MiB free, {self.headroom_mb} MiB headroom, "
+                f"{required_mb} MiB required"
+            )
+        if not ok and raise_on_insufficient:
+            raise InsufficientVramError(why)
+        return ok
+
+    def utilisation(self) -> dict[str, Any]:
+        """GPU and memory utilisation (%), VRAM used/total (MiB); ``available`` False if no GPU."""
+        r = self._reading()
+        if r is None:
+            return {"available": False, "device_index": self.device_index}
+        return {
+            "available": True,
+            "device_index": r.index,
+            "name": r.name,
+            "gpu_pct": r.utilisation_pct,
+            "memory_pct": r.memory_utilisation_pct,
+            "vram_used_mb": r.vram_used_mb,
+            "vram_total_mb": r.vram_total_mb,
+            "vram_used_frac": round(r.vram_used_mb / r.vram_total_mb, 4)
+            if r.vram_total_mb
+            else None,
+        }
+
+
+# --------------------------------------------------------------------------- bindings
+
+
+def _env(environ: Mapping[str, str], name: str, default: str | None) -> Any:
+    """``dg.EnvVar(name)`` when it is set (resolved at launch, shown in the UI), else default."""
+    return dg.EnvVar(name) if environ.get(name) else default
+
+
+def pipeline_resources(
+    config: PipelineConfig, *, environ: Mapping[str, str] | None = None,
+    concurrency: int | None = None, burn_subtitles: bool | None = None,
+) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the pipeline uses. The code location binds them from the environment;
+    the CLI and the tests pass their own ``config`` (and options) instead."""
+    env: Mapping[str, str] = {} if environ is None else environ
+    home = _env(env, HOME_ENV, str(config.home))
+    storage: StorageResource
+    if env.get(S3_BUCKET_ENV):
+        storage = S3StorageResource(
+            bucket=dg.EnvVar(S3_BUCKET_ENV), prefix=_env(env, S3_PREFIX_ENV, ""),
+            endpoint_url=_env(env, S3_ENDPOINT_ENV, None),
+            region_name=_env(env, "AWS_REGION", None))
+    else:
+        storage = LocalStorageResource(root=_env(env, STORAGE_ENV, str(config.artifacts)))
+    if concurrency is None:
+        concurrency = int(env.get(CONCURRENCY_ENV) or 4)
+    if burn_subtitles is None:
+        burn_subtitles = env.get(BURN_ENV, "0").lower() in ("1", "true", "yes")
+    return {
+        "settings": PipelineSettings(
+            home=home, storage_root=_env(env, STORAGE_ENV, ""),
+            inbox=_env(env, INBOX_ENV, os.pathsep.join(str(p) for p in config.inbox))),
+        "storage": storage,
+        "render_settings": RenderSettings(concurrency=concurrency, burn_subtitles=burn_subtitles),
+        "runtime": RuntimePolicyResource(state_dir=home),
+        "gpu": GpuResource(),
+    }
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    # Steps of one run execute in the run's process: the renders inside a clips step are
+    # already concurrent ffmpeg processes, and a process per step costs ~1 s of imports.
+    return dg.Definitions(
+        resources=pipeline_resources(PipelineConfig.from_env(), environ=os.environ),
+        executor=dg.in_process_executor,
     )
+

@@ -1,17 +1,16 @@
-"""Dagster layer of the runtime profile: GPU resource, ``runtime_profile`` asset, monitor sensor.
+"""Dagster layer of the runtime profile: the ``runtime_profile`` asset and the monitor sensor.
 
 The logic lives in :mod:`anime_pipeline.runtime` (no Dagster there); this module only reads the
-instance (run and event records, pool limits) and writes what the UI shows.
+instance (run and event records, pool limits) and writes what the UI shows. The policy in force
+is the ``runtime`` resource (:class:`~anime_pipeline.defs.resources.RuntimePolicyResource`).
 
-* :class:`GpuResource` — which GPU, a VRAM check before a GPU render, current utilisation.
 * ``runtime_profile`` — an asset: materializing it re-detects the machine; the monitor sensor
   also reports a materialization of it (runless) on every change of the policy in force, with
   the explanation (Markdown, English and Chinese) and the metrics as metadata.
 * ``runtime_monitor_sensor`` — samples VRAM, memory, CPU and the failure rate of recent ``clips``
   renders from this instance's own records, applies :func:`~anime_pipeline.runtime.monitor.
-  evaluate`, keeps the state in ``$ANIME_PIPELINE_HOME/runtime_state.json`` (and a copy in the
+  evaluate`, keeps the state in the state folder's ``runtime_state.json`` (and a copy in the
   sensor cursor), and keeps the ``gpu`` pool limit equal to the number of GPUs (at least 1).
-* :func:`current_policy` — what the renderer and budgeter use when a run starts.
 """
 
 import datetime as _dt
@@ -23,8 +22,9 @@ from typing import Any
 
 import dagster as dg
 
-from anime_pipeline.domain.contracts import ResourceState
-from anime_pipeline.runtime import nvml
+from anime_pipeline.defs.metadata import read_clip_metadata
+from anime_pipeline.defs.resources import RuntimePolicyResource
+from anime_pipeline.instance import GPU_POOL
 from anime_pipeline.runtime.explain import describe_policy, explain_profile
 from anime_pipeline.runtime.monitor import (
     Decision,
@@ -35,111 +35,15 @@ from anime_pipeline.runtime.monitor import (
     evaluate,
     sample_metrics,
 )
-from anime_pipeline.runtime.policy import ExecutionPolicy, to_resource_state
+from anime_pipeline.runtime.policy import ExecutionPolicy
 from anime_pipeline.runtime.profile import RuntimeProfile
-from anime_pipeline.runtime.state import (
-    default_state_dir,
-    load_profile,
-    policy_for,
-    policy_in_force,
-    profile_path,
-)
+from anime_pipeline.runtime.state import load_profile, policy_for, profile_path
 
 RUNTIME_GROUP = "runtime"
 RUNTIME_PROFILE_KEY = dg.AssetKey("runtime_profile")
 CLIPS_KEY = dg.AssetKey("clips")
-GPU_POOL = "gpu"
 PROFILE_MAX_AGE_S = 600.0  # the sensor re-detects the machine this often
 _UNPARTITIONED = "__unpartitioned__"
-
-
-def state_dir(path: str | Path | None = None) -> Path:
-    """``path``, else ``$ANIME_PIPELINE_HOME`` (default ``.anime_pipeline``), made absolute."""
-    return (Path(path) if path is not None else default_state_dir()).absolute()
-
-
-# --------------------------------------------------------------------------- policy at run start
-
-
-def current_policy(state_dir_: str | Path | None = None) -> ExecutionPolicy:
-    """The policy in force: the saved profile's resolved baseline + the persisted degrade steps.
-
-    Cheap (two small JSON files); detects and saves the profile only when none was saved yet.
-    """
-    return policy_in_force(state_dir(state_dir_))
-
-
-def current_resource_state(
-    queue_depth: int = 0, state_dir_: str | Path | None = None
-) -> ResourceState:
-    """:class:`ResourceState` for the budgeter, from the policy in force."""
-    sd = state_dir(state_dir_)
-    profile = load_profile(sd)
-    return to_resource_state(policy_in_force(sd, profile), profile, queue_depth)
-
-
-# --------------------------------------------------------------------------- GPU resource
-
-
-class InsufficientVramError(RuntimeError):
-    pass
-
-
-class GpuResource(dg.ConfigurableResource):
-    """One NVIDIA GPU as the renderer sees it. Without a GPU or driver every call still answers."""
-
-    device_index: int = 0
-    headroom_mb: int = 256  # kept free for the driver and other processes
-
-    def _reading(self) -> nvml.GpuReading | None:
-        report = nvml.query([self.device_index])
-        return report.gpus[0] if report.gpus else None
-
-    def available(self) -> bool:
-        return self._reading() is not None
-
-    def free_vram_mb(self) -> int | None:
-        r = self._reading()
-        return None if r is None else max(0, r.vram_total_mb - r.vram_used_mb)
-
-    def vram_check(self, required_mb: int, *, raise_on_insufficient: bool = False) -> bool:
-        """True when ``required_mb`` fits in free VRAM beyond the headroom.
-
-        False (or :class:`InsufficientVramError` with ``raise_on_insufficient``) when it does
-        not fit or there is no GPU at ``device_index``.
-        """
-        r = self._reading()
-        if r is None:
-            why = f"no NVIDIA GPU at index {self.device_index}"
-            ok = False
-        else:
-            free = max(0, r.vram_total_mb - r.vram_used_mb)
-            ok = free - self.headroom_mb >= required_mb
-            why = (
-                f"GPU {r.index} ({r.name}) has {free} MiB free, {self.headroom_mb} MiB headroom, "
-                f"{required_mb} MiB required"
-            )
-        if not ok and raise_on_insufficient:
-            raise InsufficientVramError(why)
-        return ok
-
-    def utilisation(self) -> dict[str, Any]:
-        """GPU and memory utilisation (%), VRAM used/total (MiB); ``available`` False if no GPU."""
-        r = self._reading()
-        if r is None:
-            return {"available": False, "device_index": self.device_index}
-        return {
-            "available": True,
-            "device_index": r.index,
-            "name": r.name,
-            "gpu_pct": r.utilisation_pct,
-            "memory_pct": r.memory_utilisation_pct,
-            "vram_used_mb": r.vram_used_mb,
-            "vram_total_mb": r.vram_total_mb,
-            "vram_used_frac": round(r.vram_used_mb / r.vram_total_mb, 4)
-            if r.vram_total_mb
-            else None,
-        }
 
 
 # --------------------------------------------------------------------------- metadata
@@ -218,8 +122,10 @@ def runtime_metadata(
     description="What the pipeline runs on, its class and the execution policy in force. "
     "Materialize to re-detect; the runtime monitor sensor reports every policy change here.",
 )
-def runtime_profile(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    sd = state_dir()
+def runtime_profile(
+    context: dg.AssetExecutionContext, runtime: RuntimePolicyResource
+) -> dg.MaterializeResult:
+    sd = Path(runtime.state_dir)
     profile = RuntimeProfile.detect(storage_root=sd)
     profile.save(profile_path(sd))
     state = StateStore(sd).load()
@@ -246,11 +152,6 @@ class RenderStats:
         return self.failed / self.total if self.total else None
 
 
-def _meta_value(meta: Any, key: str) -> Any:
-    v = (meta or {}).get(key)
-    return getattr(v, "value", v)
-
-
 def _planned_keys(data: Any) -> set[str]:
     if getattr(data, "partition", None):
         return {str(data.partition)}
@@ -273,8 +174,9 @@ def clip_render_stats(
 
     Per run that planned the asset: each materialized partition is a success, or a failure
     when its metadata says ``placeholder`` (the render failed and a slate stood in); partitions
-    planned but not materialized in a failed or canceled run are failures. Cached and absent
-    (``in_episode: false``) partitions are not renders; runs still in progress are not counted.
+    planned but not materialized in a failed or canceled run are failures. Reused clips are not
+    renders; runs still in progress are not counted. Clip metadata is read through
+    :class:`~anime_pipeline.domain.records.ClipMetadata`, the model its one writer uses.
     """
     stats = RenderStats()
     done_statuses = [
@@ -311,11 +213,10 @@ def clip_render_stats(
                 mat = ev.step_materialization_data.materialization
                 key = str(mat.partition) if mat.partition else _UNPARTITIONED
                 seen.add(key)
-                if _meta_value(mat.metadata, "in_episode") is False:
-                    continue
-                if _meta_value(mat.metadata, "cached") is True:
-                    continue
-                if _meta_value(mat.metadata, "placeholder") is True:
+                meta = read_clip_metadata(mat.metadata)
+                if meta is None or not meta.rendered:
+                    continue  # not a clip of ours, or a reused one: not a render
+                if meta.placeholder:
                     bad += 1
                 else:
                     ok += 1
@@ -363,13 +264,13 @@ def _read_cursor(cursor: str | None) -> dict[str, Any]:
 def monitor_tick(
     context: dg.SensorEvaluationContext,
     *,
-    state_dir_: str | Path | None = None,
+    state_dir_: str | Path,
     thresholds: Thresholds | None = None,
     clips_key: dg.AssetKey = CLIPS_KEY,
     profile_max_age_s: float = PROFILE_MAX_AGE_S,
 ) -> dg.SensorResult:
     """One evaluation of the monitor (the body of ``runtime_monitor_sensor``)."""
-    sd = state_dir(state_dir_)
+    sd = Path(state_dir_).absolute()
     t = thresholds or Thresholds.load(sd)
     store = StateStore(sd)
     cursor = _read_cursor(context.cursor)
@@ -437,10 +338,12 @@ def build_runtime_monitor_sensor(
         description="Samples VRAM, memory, CPU and the clip failure rate; degrades or restores "
         "the execution policy with hysteresis; reports changes on runtime_profile.",
     )
-    def _monitor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def _monitor(
+        context: dg.SensorEvaluationContext, runtime: RuntimePolicyResource
+    ) -> dg.SensorResult:
         return monitor_tick(
             context,
-            state_dir_=state_dir_,
+            state_dir_=state_dir_ if state_dir_ is not None else runtime.state_dir,
             thresholds=thresholds,
             clips_key=clips_key,
             profile_max_age_s=profile_max_age_s,
@@ -450,9 +353,3 @@ def build_runtime_monitor_sensor(
 
 
 runtime_monitor_sensor = build_runtime_monitor_sensor()
-
-runtime_defs = dg.Definitions(
-    assets=[runtime_profile],
-    sensors=[runtime_monitor_sensor],
-    resources={"gpu": GpuResource()},
-)

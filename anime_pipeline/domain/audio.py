@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from anime_pipeline.domain.episode import Episode, EpisodeBundle
+from anime_pipeline.domain.records import AudioManifest, EnergyCurve, ShotAudio
 
 MANIFEST_VERSION = "1.0"
 ENERGY_HOP_MS = 50
@@ -439,8 +440,8 @@ def _snap(beats: np.ndarray, onsets: np.ndarray, tol: float) -> np.ndarray:
 
 def build_manifest(
     analysis: AudioAnalysis, episode: Episode | EpisodeBundle, source: str
-) -> dict[str, Any]:
-    """The ``audio_event_manifest`` JSON document (contract version 1.0) for ``episode``."""
+) -> AudioManifest:
+    """The ``audio_event_manifest`` (contract version 1.0) for ``episode``."""
     ep = episode.episode if isinstance(episode, EpisodeBundle) else episode
     onsets_ms = np.round(np.asarray(analysis.onset_times) * 1000).astype(np.int64)
     beats_ms = np.round(np.asarray(analysis.beat_times) * 1000).astype(np.int64)
@@ -455,31 +456,29 @@ def build_manifest(
         n_on = int(np.count_nonzero((onsets_ms >= start) & (onsets_ms < end)))
         n_beat = int(np.count_nonzero((beats_ms >= start) & (beats_ms < end)))
         in_shot = energy[(frame_start >= start) & (frame_start < end)]
-        shots.append(
-            {
-                "shot_id": shot.id,
-                "start_ms": start,
-                "end_ms": end,
-                "onset_count": n_on,
-                "beat_count": n_beat,
-                "event_density": round(n_on / (shot.duration_ms / 1000.0), 3),
-                "peak_energy": round(float(in_shot.max()), 4) if in_shot.size else 0.0,
-                "mean_energy": round(float(in_shot.mean()), 4) if in_shot.size else 0.0,
-            }
-        )
-    return {
-        "version": MANIFEST_VERSION,
-        "episode_key": ep.key,
-        "source": source,
-        "sample_rate": int(analysis.sample_rate),
-        "duration_ms": analysis.duration_ms,
-        "episode_duration_ms": ep.duration_ms,
-        "tempo_bpm": None if analysis.tempo_bpm is None else round(float(analysis.tempo_bpm), 2),
-        "beats_ms": [int(v) for v in beats_ms],
-        "onsets_ms": [int(v) for v in onsets_ms],
-        "energy": {"hop_ms": hop_ms, "values": [round(float(v), 4) for v in energy]},
-        "shots": shots,
-    }
+        shots.append(ShotAudio(
+            shot_id=shot.id,
+            start_ms=start,
+            end_ms=end,
+            onset_count=n_on,
+            beat_count=n_beat,
+            event_density=round(n_on / (shot.duration_ms / 1000.0), 3),
+            peak_energy=round(float(in_shot.max()), 4) if in_shot.size else 0.0,
+            mean_energy=round(float(in_shot.mean()), 4) if in_shot.size else 0.0,
+        ))
+    return AudioManifest(
+        version=MANIFEST_VERSION,
+        episode_key=ep.key,
+        source=source,
+        sample_rate=int(analysis.sample_rate),
+        duration_ms=analysis.duration_ms,
+        episode_duration_ms=ep.duration_ms,
+        tempo_bpm=None if analysis.tempo_bpm is None else round(float(analysis.tempo_bpm), 2),
+        beats_ms=[int(v) for v in beats_ms],
+        onsets_ms=[int(v) for v in onsets_ms],
+        energy=EnergyCurve(hop_ms=hop_ms, values=[round(float(v), 4) for v in energy]),
+        shots=shots,
+    )
 
 
 def _is_int(v: object) -> bool:

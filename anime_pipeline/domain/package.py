@@ -8,10 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import ValidationError
+
+from anime_pipeline.domain.records import Lineage, PackageFile, PackageManifest
 
 CHUNK = 1 << 20
 # Already-compressed media is stored; text is deflated.
@@ -33,9 +36,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_package(out: Path, entries: Iterable[PackageEntry], lineage: Mapping[str, Any]) -> dict:
+def build_package(out: Path, entries: Iterable[PackageEntry],
+                  lineage: Lineage) -> PackageManifest:
     """Write the ZIP to ``out`` (caller supplies a temp path) and return its manifest."""
-    files = []
+    files: list[PackageFile] = []
     with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
         for entry in entries:
             compress = (
@@ -52,10 +56,10 @@ def build_package(out: Path, entries: Iterable[PackageEntry], lineage: Mapping[s
                     h.update(chunk)
                     size += len(chunk)
                     dst.write(chunk)
-            files.append({"path": entry.arcname, "kind": entry.kind, "size": size,
-                          "sha256": h.hexdigest()})
-        manifest = {"version": "1.0", "lineage": dict(lineage), "files": files}
-        zf.writestr("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False),
+            files.append(PackageFile(path=entry.arcname, kind=entry.kind, size=size,
+                                     sha256=h.hexdigest()))
+        manifest = PackageManifest(lineage=lineage, files=files)
+        zf.writestr("manifest.json", manifest.model_dump_json(indent=2),
                     compress_type=zipfile.ZIP_DEFLATED)
     return manifest
 
@@ -65,25 +69,27 @@ def verify_package(path: Path) -> list[str]:
     problems: list[str] = []
     with zipfile.ZipFile(path) as zf:
         try:
-            manifest = json.loads(zf.read("manifest.json"))
+            manifest = PackageManifest.model_validate_json(zf.read("manifest.json"))
         except KeyError:
             return ["manifest.json missing"]
-        listed = {f["path"] for f in manifest["files"]}
+        except (ValidationError, json.JSONDecodeError) as e:
+            return [f"manifest.json unreadable: {str(e).splitlines()[0]}"]
+        listed = {f.path for f in manifest.files}
         present = set(zf.namelist()) - {"manifest.json"}
         for extra in sorted(present - listed):
             problems.append(f"{extra}: in the ZIP but not in the manifest")
-        for f in manifest["files"]:
-            if f["path"] not in present:
-                problems.append(f"{f['path']}: listed but missing")
+        for f in manifest.files:
+            if f.path not in present:
+                problems.append(f"{f.path}: listed but missing")
                 continue
             h = hashlib.sha256()
             size = 0
-            with zf.open(f["path"]) as src:
+            with zf.open(f.path) as src:
                 while chunk := src.read(CHUNK):
                     h.update(chunk)
                     size += len(chunk)
-            if size != f["size"]:
-                problems.append(f"{f['path']}: size {size} != manifest {f['size']}")
-            if h.hexdigest() != f["sha256"]:
-                problems.append(f"{f['path']}: sha256 mismatch")
+            if size != f.size:
+                problems.append(f"{f.path}: size {size} != manifest {f.size}")
+            if h.hexdigest() != f.sha256:
+                problems.append(f"{f.path}: sha256 mismatch")
     return problems

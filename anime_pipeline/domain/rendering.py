@@ -1,45 +1,53 @@
 """Rendering one shot: retries, then the degrade ladder, then a placeholder slate.
 
-Plain Python, no Dagster. Backends sit behind :class:`RenderBackend`; the concrete ones
-(which call ffmpeg or an HTTP service) live in :mod:`anime_pipeline.backends`.
+Plain Python, no Dagster. Backends sit behind :class:`RenderBackend`; the concrete ones (which
+call ffmpeg or an HTTP service) live in :mod:`anime_pipeline.backends`. Every attempt's output
+is verified (``verify``: decoded frame count, size, rate) before it counts, so a backend that
+"succeeds" with a truncated file is a failed attempt like any other.
+
+Failures of the machine, not of the shot, are never papered over with a slate: a full disk
+(``ENOSPC``) or a hung render's :class:`RenderAborted` propagate to the caller.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from anime_pipeline.domain.contracts import (
     BACKEND_PLACEHOLDER,
+    MIN_FPS,
     RESOLUTION_TIERS,
+    SOFTWARE_ENCODER,
     size_for_tier,
     tier_height,
 )
 from anime_pipeline.domain.episode import Format, Shot
 from anime_pipeline.domain.package import sha256_file
+from anime_pipeline.domain.records import ClipStatus, RenderAttempt
 
 log = logging.getLogger("anime_pipeline.render")
 
 # Bump when a change to the renderer changes its output for the same inputs.
-RENDERER_VERSION = "1"
-MIN_FPS = 6.0
-SOFTWARE_ENCODER = "libx264"
+RENDERER_VERSION = "2"
+PLACEHOLDER_RESOLUTION = "delivery"
 
 
 @dataclass(frozen=True)
 class RenderSpec:
-    """What one attempt renders: backend, generation fps and resolution tier."""
+    """What one attempt renders: backend, generation fps and resolution tier, encoder."""
 
     backend: str
     fps: float
     resolution: str
-    encoder: str = SOFTWARE_ENCODER  # libx264, or h264_nvenc when the policy allows it
+    encoder: str = SOFTWARE_ENCODER
 
 
 @dataclass(frozen=True)
@@ -68,56 +76,55 @@ class RenderBackend(Protocol):
 class SlateRenderer(Protocol):
     """Makes the placeholder slate that ends every degrade ladder."""
 
-    def placeholder(self, shot: Shot, delivery: Format, reason: str, out: Path,
-                    thumbnail: Path | None = None) -> None: ...
+    def render_slate(self, shot: Shot, delivery: Format, reason: str, out: Path,
+                     thumbnail: Path | None = None) -> None: ...
+
+
+class LadderStep(Protocol):
+    """A step of a degrade ladder (``budget.DegradeLadderStep``)."""
+
+    @property
+    def action(self) -> str: ...
+    @property
+    def fps_factor(self) -> float | None: ...
+    @property
+    def resolution(self) -> str | None: ...
 
 
 class BackendUnavailable(RuntimeError):
     pass
 
 
-@dataclass
-class Attempt:
-    backend: str
-    fps: float
-    resolution: str
-    ok: bool
-    seconds: float
-    error: str | None = None
-    step: str = "initial"
-    encoder: str = SOFTWARE_ENCODER
+class RenderAborted(RuntimeError):
+    """The machine, not the shot, failed (disk full, ...): stop, never slate over it."""
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Errors no retry, ladder step or slate can answer."""
+    return isinstance(error, RenderAborted) or (
+        isinstance(error, OSError) and error.errno == errno.ENOSPC
+    )
 
 
 @dataclass
-class ClipResult:
+class RenderOutcome:
+    """What :func:`render_shot` produced at ``path``: how, after which attempts, and why."""
+
     shot_id: str
     path: Path
-    backend: str
-    fps: float
-    resolution: str
-    degraded: bool
-    placeholder: bool
+    status: ClipStatus
+    spec: RenderSpec
     reason: str | None
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[RenderAttempt] = field(default_factory=list)
     seconds: float = 0.0
-    encoder: str = SOFTWARE_ENCODER
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
+    @property
+    def backend(self) -> str:
+        return BACKEND_PLACEHOLDER if self.status is ClipStatus.placeholder else self.spec.backend
 
 
-@dataclass(frozen=True)
-class LadderStep:
-    """Mirror of the budgeter's DegradeStep (duck-typed, so either can be passed)."""
-
-    action: str
-    fps_factor: float | None = None
-    resolution: str | None = None
-
-
-def _apply_step(spec: RenderSpec, step: Any, backends: Sequence[str]) -> RenderSpec | None:
+def _apply_step(spec: RenderSpec, step: LadderStep,
+                backends: Sequence[str]) -> RenderSpec | None:
     """The spec after a ladder step, or None when the step changes nothing."""
     if step.action == "lower_fps":
         fps = max(MIN_FPS, round(spec.fps * (step.fps_factor or 0.5), 3))
@@ -141,6 +148,11 @@ def _lower_tier(tier: str) -> str | None:
     return names[i - 1] if i > 0 else None
 
 
+def _describe(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return f"{type(error).__name__}: {text[:600]}"
+
+
 def render_shot(
     job: ShotJob,
     out: Path,
@@ -148,56 +160,66 @@ def render_shot(
     backends: Mapping[str, RenderBackend],
     backend_preference: Sequence[str],
     retry_budget: int,
-    ladder: Sequence[Any],
-    placeholder: SlateRenderer,
-    on_attempt: Callable[[Attempt], None] | None = None,
-) -> ClipResult:
-    """Render with ``retry_budget`` retries, then walk the degrade ladder; a placeholder
-    slate of the same length ends every ladder, so a shot always yields a clip."""
+    ladder: Sequence[LadderStep],
+    slate: SlateRenderer,
+    verify: Callable[[Path], object],
+    on_attempt: Callable[[RenderAttempt], None] | None = None,
+) -> RenderOutcome:
+    """Render with ``retry_budget`` retries, then walk the degrade ladder; a placeholder slate
+    of the same length ends every ladder, so a shot always yields a clip.
+
+    ``verify(out)`` raises when a file is not the clip it should be; such an attempt failed.
+    """
     t0 = time.perf_counter()
-    attempts: list[Attempt] = []
+    attempts: list[RenderAttempt] = []
     spec = job.spec
     last_error = "no attempt made"
 
+    def record(spec: RenderSpec, ok: bool, started: float, step: str,
+               error: str | None) -> None:
+        a = RenderAttempt(backend=spec.backend, fps=spec.fps, resolution=spec.resolution,
+                          encoder=spec.encoder, ok=ok, seconds=round(time.perf_counter() - started,
+                                                                     3),
+                          step=step, error=error)
+        attempts.append(a)
+        if on_attempt:
+            on_attempt(a)
+
     def attempt(spec: RenderSpec, step: str) -> bool:
         nonlocal last_error
-        t = time.perf_counter()
+        started = time.perf_counter()
         backend = backends.get(spec.backend)
         try:
             if backend is None:
                 raise BackendUnavailable(f"backend {spec.backend!r} is not configured")
+            out.unlink(missing_ok=True)
             backend.render(replace(job, spec=spec), out)
+            verify(out)
         except Exception as e:  # a backend may fail in any way; record and move on
-            last_error = f"{spec.backend}: {type(e).__name__}: {str(e).strip()[:300]}"
-            a = Attempt(spec.backend, spec.fps, spec.resolution, False,
-                        time.perf_counter() - t, last_error, step, spec.encoder)
-            attempts.append(a)
+            if is_fatal(e):
+                raise
+            last_error = f"{spec.backend}: {_describe(e)}"
+            record(spec, False, started, step, last_error)
             log.warning("shot %s attempt failed (%s): %s", job.shot.id, step, last_error)
-            if on_attempt:
-                on_attempt(a)
             return False
-        a = Attempt(spec.backend, spec.fps, spec.resolution, True, time.perf_counter() - t,
-                    None, step, spec.encoder)
-        attempts.append(a)
-        if on_attempt:
-            on_attempt(a)
+        record(spec, True, started, step, None)
         return True
 
-    def result(spec: RenderSpec, degraded: bool) -> ClipResult:
-        return ClipResult(job.shot.id, out, spec.backend, spec.fps, spec.resolution, degraded,
-                          False, last_error if degraded else None, attempts,
-                          time.perf_counter() - t0, spec.encoder)
+    def done(spec: RenderSpec, status: ClipStatus) -> RenderOutcome:
+        return RenderOutcome(job.shot.id, out, status, spec,
+                             None if status is ClipStatus.ok else last_error, attempts,
+                             time.perf_counter() - t0)
 
     for i in range(1 + max(0, retry_budget)):
         if attempt(spec, "initial" if i == 0 else f"retry {i}"):
-            return result(spec, degraded=False)
+            return done(spec, ClipStatus.ok)
         if spec.backend not in backends:
             break  # retrying an unconfigured backend cannot help
     if spec.encoder != SOFTWARE_ENCODER and spec.backend in backends:
         # A hardware encoder can fail where the software one works (driver, session limits).
         spec = replace(spec, encoder=SOFTWARE_ENCODER)
         if attempt(spec, "software_encoder"):
-            return result(spec, degraded=True)
+            return done(spec, ClipStatus.degraded)
     for step in ladder:
         if step.action == "placeholder":
             break
@@ -208,34 +230,36 @@ def render_shot(
             continue
         spec = new_spec
         if attempt(spec, step.action):
-            return result(spec, degraded=True)
+            return done(spec, ClipStatus.degraded)
 
-    reason = last_error
-    t = time.perf_counter()
-    placeholder.placeholder(job.shot, job.delivery, reason, out, job.thumbnail)
-    attempts.append(Attempt(BACKEND_PLACEHOLDER, job.delivery.fps, "delivery", True,
-                            time.perf_counter() - t, None, "placeholder"))
-    log.error("shot %s rendered as placeholder slate: %s", job.shot.id, reason)
-    return ClipResult(job.shot.id, out, BACKEND_PLACEHOLDER, job.delivery.fps, "delivery",
-                      True, True, reason, attempts, time.perf_counter() - t0)
+    started = time.perf_counter()
+    slate_spec = RenderSpec(BACKEND_PLACEHOLDER, job.delivery.fps, PLACEHOLDER_RESOLUTION)
+    out.unlink(missing_ok=True)
+    slate.render_slate(job.shot, job.delivery, last_error, out, job.thumbnail)
+    verify(out)  # a slate that is not a clip is a bug, not a shot failure: let it raise
+    record(slate_spec, True, started, "placeholder", None)
+    log.error("shot %s rendered as placeholder slate: %s", job.shot.id, last_error)
+    return RenderOutcome(job.shot.id, out, ClipStatus.placeholder, slate_spec, last_error,
+                         attempts, time.perf_counter() - t0)
 
 
 def clip_fingerprint(
-    shot: Shot, episode_root: Path, delivery: Format, plan_entry: Mapping[str, Any]
+    shot: Shot, episode_root: Path, delivery: Format, plan_fields: Mapping[str, Any]
 ) -> str:
-    """Hash of everything that determines a clip: re-rendering is skipped when it matches."""
+    """Hash of everything that determines a clip: re-rendering is skipped when it matches.
+
+    ``plan_fields``: the shot's plan values that shape the render (fps, resolution, backends,
+    retries, ladder, segments).
+    """
     h = hashlib.sha256()
-    relevant = {k: plan_entry.get(k) for k in (
-        "target_fps", "target_resolution", "backend_preference", "retry_budget",
-        "degrade_ladder_profile", "segment_policy")}
     h.update(json.dumps({
         "renderer": RENDERER_VERSION,
         "shot": shot.model_dump(mode="json"),
         "delivery": delivery.model_dump(mode="json"),
-        "plan": relevant,
-    }, sort_keys=True).encode())
+        "plan": dict(plan_fields),
+    }, sort_keys=True, default=str).encode())
     for rel in (shot.keyframe, shot.source.uri if shot.source else None):
         if rel and not rel.lower().startswith(("http://", "https://")):
             p = episode_root / rel
-            h.update(sha256_file(p).encode() if p.exists() else b"missing")
+            h.update(sha256_file(p).encode() if p.is_file() else b"missing")
     return h.hexdigest()

@@ -34,6 +34,7 @@ from anime_pipeline.domain.contracts import (
     SOFTWARE_ENCODER,
     ResourceState,
 )
+from anime_pipeline.domain.records import PolicyRecord
 from anime_pipeline.runtime.profile import GPU_CLASSES, ProfileClass, RuntimeProfile
 
 Encoder = Literal["h264_nvenc", "libx264"]  # domain.contracts.ENCODERS
@@ -253,6 +254,16 @@ def at_floor(policy: ExecutionPolicy) -> bool:
         and policy.render_concurrency <= 1
         and policy.max_resolution == _tier_down(policy.max_resolution)
         and policy.max_fps == _fps_down(policy.max_fps)
+    )
+
+
+def policy_record(policy: ExecutionPolicy) -> PolicyRecord:
+    """What a plan and each clip record of the policy they were made under."""
+    return PolicyRecord(
+        name=policy.name, profile_class=str(policy.profile_class.value),
+        degraded=policy.degraded, degrade_level=policy.degrade_level,
+        reasons=list(policy.reasons), encoder=policy.encoder,
+        render_concurrency=policy.render_concurrency,
     )
 
 

@@ -9,21 +9,20 @@ Files under the state folder (``$ANIME_PIPELINE_HOME``, default ``.anime_pipelin
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from anime_pipeline.runtime.monitor import MonitorState, StateStore
 from anime_pipeline.runtime.policy import ExecutionPolicy, ExecutionPolicyResolver, apply_steps
 from anime_pipeline.runtime.profile import RuntimeProfile
+from anime_pipeline.settings import default_home
 
-HOME_ENV = "ANIME_PIPELINE_HOME"
-DEFAULT_HOME = ".anime_pipeline"
 PROFILE_FILE = "runtime_profile.json"
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+    """The pipeline home (see :mod:`anime_pipeline.settings`): the one state folder."""
+    return default_home()
 
 
 def profile_path(state_dir: Path | str) -> Path:

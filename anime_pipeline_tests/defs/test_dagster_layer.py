@@ -1,24 +1,45 @@
-"""The Dagster layer: definitions, the inbox sensor, stage chaining, shared shot dimension."""
+"""The Dagster layer: definitions, honest per-episode partitions, the inbox sensor, the episode
+flow after any run, per-shot checks, the rerender job, pool waits and dead runs."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
 
-from anime_pipeline import steps
-from anime_pipeline.cli import failure_reason
+from anime_pipeline.cli.render import SILENT_LOGS, failure_reason
 from anime_pipeline.definitions import defs
-from anime_pipeline.defs.jobs import deliver_after_clips, episode_inbox_sensor, render_after_plan
-from anime_pipeline.defs.partitions import clip_range_tags, register_partitions
-from anime_pipeline.defs.resources import LocalStorageResource
+from anime_pipeline.defs.delivery_assets import composite
+from anime_pipeline.defs.partitions import (
+    CLIPS,
+    clip_range_tags,
+    episode_clip_keys,
+    register_partitions,
+)
+from anime_pipeline.defs.planning_assets import (
+    audio_event_manifest,
+    shot_compute_budget_plan,
+    shot_plan,
+)
+from anime_pipeline.defs.resources import pipeline_resources
+from anime_pipeline.defs.sensors import episode_flow_sensor, episode_inbox_sensor
+from anime_pipeline.instance import (
+    WORKER_HOST_TAG,
+    WORKER_PID_TAG,
+    pool_wait_report,
+    reap_dead_runs,
+)
+from anime_pipeline.pipeline import catalog
+from anime_pipeline.settings import PipelineConfig
 from anime_pipeline.storage import EpisodeKeys, LocalStore
-from anime_pipeline_tests.conftest import minimal_episode
+from anime_pipeline_tests.conftest import minimal_episode, tiny_png
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+EP = "studio-a/moonlit-courier/ep99"
 
 
 @pytest.fixture
@@ -28,18 +49,41 @@ def instance(tmp_path: Path):
         yield inst
 
 
-def _planned_episode(tmp_path: Path, instance: dg.DagsterInstance,
-                     monkeypatch: pytest.MonkeyPatch) -> tuple[LocalStore, str, dg.Definitions]:
-    """The two-shot test episode registered and planned; its storage, key and definitions."""
-    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
-    folder = minimal_episode(tmp_path / "ep99")
-    store = LocalStore(tmp_path / "artifacts")
-    key = steps.register_episode(store, folder).episode.key
-    register_partitions(instance, key, ["S01", "S02"])
+@pytest.fixture
+def config(tmp_path: Path) -> PipelineConfig:
+    return PipelineConfig(home=tmp_path / "home", storage_root=tmp_path / "artifacts",
+                          inbox=(tmp_path / "inbox",))
+
+
+class Run:
+    """A finished run; truthy ``success``, and ``why`` it failed when it did."""
+
+    def __init__(self, result: dg.ExecuteInProcessResult) -> None:
+        self.result = result
+        self.run_id = result.run_id
+        self.success = result.success
+        self.why = "" if result.success else failure_reason(result)
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id[:8]}, success={self.success}, why={self.why!r})"
+
+
+def _run(d: dg.Definitions, job: str, instance: dg.DagsterInstance, config: PipelineConfig,
+         **kwargs: object) -> Run:
+    return Run(d.resolve_job_def(job).execute_in_process(
+        instance=instance, run_config=kwargs.pop("run_config", SILENT_LOGS),
+        resources=pipeline_resources(config), raise_on_error=False, **kwargs))  # type: ignore[arg-type]
+
+
+def _planned(tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig,
+             **overrides: object) -> tuple[LocalStore, dg.Definitions]:
+    folder = minimal_episode(tmp_path / "ep99", **overrides)
+    store = LocalStore(config.artifacts)
+    bundle = catalog.register(store, folder)
+    register_partitions(instance, EP, [s.id for s in bundle.episode.shots])
     d = defs()
-    assert d.resolve_job_def("plan_episode").execute_in_process(
-        instance=instance, partition_key=key, run_config=QUIET).success
-    return store, key, d
+    assert (r := _run(d, "plan_episode", instance, config, partition_key=EP)).success, r
+    return store, d
 
 
 def test_definitions_graph() -> None:
@@ -49,158 +93,235 @@ def test_definitions_graph() -> None:
     assert {"shot_plan", "audio_event_manifest", "shot_compute_budget_plan", "clips",
             "composite", "package_zip", "runtime_profile"} <= keys
     clips = graph.get(dg.AssetKey("clips"))
-    assert isinstance(clips.partitions_def, dg.MultiPartitionsDefinition)
+    assert isinstance(clips.partitions_def, dg.DynamicPartitionsDefinition)
+    assert clips.partitions_def.name == CLIPS
     assert clips.backfill_policy == dg.BackfillPolicy.single_run()
-    composite = graph.get(dg.AssetKey("composite"))
-    assert dg.AssetKey("clips") in composite.parent_keys
+    assert dg.AssetKey("clips") in graph.get(dg.AssetKey("composite")).parent_keys
     assert {j.name for j in d.resolve_all_job_defs()} >= {
-        "plan_episode", "render_clips", "deliver_episode"}
-    checks = {k.name for k in graph.asset_check_keys}
-    assert {"plan_within_budget", "package_checksums_match"} <= checks
+        "plan_episode", "render_clips", "rerender_shots", "deliver_episode"}
+    specs = {s.key.name: s for s in graph.asset_check_keys and
+             [graph.get_check_spec(k) for k in graph.asset_check_keys]}
+    assert set(specs) == {"plan_within_budget", "every_shot_planned_once",
+                          "critical_shots_at_floor", "clip_rendered_as_planned",
+                          "composite_matches_episode", "package_checksums_match"}
+    for spec in specs.values():
+        assert spec.description and spec.partitions_def is not None, spec.key
+    sensors = {s.name: s for s in d.sensors or []}
+    assert sensors["episode_flow_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert {"episode_inbox_sensor", "dead_run_reaper", "runtime_monitor_sensor"} <= set(sensors)
+
+
+def test_each_episode_has_exactly_its_own_shots(instance: dg.DagsterInstance) -> None:
+    register_partitions(instance, "a/b/ep01", ["S01", "S02"])
+    register_partitions(instance, "a/b/ep02", ["S01", "S02", "S03", "S40"])
+    assert episode_clip_keys(instance, "a/b/ep01") == ["a/b/ep01/S01", "a/b/ep01/S02"]
+    assert len(instance.get_dynamic_partitions(CLIPS)) == 6  # nothing that cannot be rendered
+    # A shot inserted into ep01 after ep02 registered: ep01's keys stay one ordered range.
+    register_partitions(instance, "a/b/ep01", ["S01", "S01B", "S02"])
+    keys = instance.get_dynamic_partitions(CLIPS)
+    mine = [k for k in keys if k.startswith("a/b/ep01/")]
+    assert mine == ["a/b/ep01/S01", "a/b/ep01/S01B", "a/b/ep01/S02"]
+    assert keys[keys.index(mine[0]):keys.index(mine[-1]) + 1] == mine
+    # A removed shot's partition is gone.
+    register_partitions(instance, "a/b/ep02", ["S01", "S02"])
+    assert episode_clip_keys(instance, "a/b/ep02") == ["a/b/ep02/S01", "a/b/ep02/S02"]
+
+
+@pytest.mark.slow
+def test_inserted_shot_renders_and_delivers_and_history_survives(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
+    store, d = _planned(tmp_path, instance, config)
+    register_partitions(instance, "studio-a/other/ep01", ["S01"])  # another episode between
+    assert (r := _run(d, "render_clips", instance, config, tags=clip_range_tags(EP, ["S01", "S02"])
+                )).success, r
+    folder = tmp_path / "ep99"
+    (folder / "keyframes" / "S01B.png").write_bytes(tiny_png(64, 36, b"\x00\xff\x00"))
+    doc = yaml.safe_load((folder / "episode.yaml").read_text("utf-8"))
+    doc["shots"].insert(1, {"id": "S01B", "type": "insert", "duration_ms": 500,
+                            "keyframe": "keyframes/S01B.png"})
+    (folder / "episode.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
+    catalog.register(store, folder)
+    assert (r := _run(d, "plan_episode", instance, config, partition_key=EP)).success, r
+    shots = ["S01", "S01B", "S02"]
+    run = _run(d, "render_clips", instance, config, tags=clip_range_tags(EP, shots))
+    assert run.success
+    mats = instance.fetch_materializations(dg.AssetKey("clips"), limit=10).records
+    assert {r.partition_key for r in mats} == {f"{EP}/{s}" for s in shots}
+    status = instance.get_status_by_partition(
+        dg.AssetKey("clips"), episode_clip_keys(instance, EP),
+        dg.DynamicPartitionsDefinition(name=CLIPS))
+    assert set((status or {}).values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+    assert (r := _run(d, "deliver_episode", instance, config, partition_key=EP)).success, r
 
 
 def test_inbox_sensor_registers_and_plans_once(tmp_path: Path, instance: dg.DagsterInstance,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    inbox = tmp_path / "inbox"
+                                               config: PipelineConfig) -> None:
+    inbox = config.inbox[0]
     minimal_episode(inbox / "ep99")
     bad = minimal_episode(inbox / "broken")
     (bad / "episode.yaml").write_text("tenant_id: [", encoding="utf-8")
-    monkeypatch.setenv("ANIME_PIPELINE_INBOX", str(inbox))
-    storage = LocalStorageResource(root=str(tmp_path / "artifacts"))
-    ctx = dg.build_sensor_context(instance=instance, resources={"storage": storage})
+    resources = pipeline_resources(config)
+    ctx = dg.build_sensor_context(instance=instance, resources=resources)
     result = episode_inbox_sensor(ctx)
     assert isinstance(result, dg.SensorResult)
-    assert [r.partition_key for r in result.run_requests or []] == [
-        "studio-a/moonlit-courier/ep99"]
-    added = {req.partitions_def_name: list(req.partition_keys)  # type: ignore[union-attr]
-             for req in result.dynamic_partitions_requests or []}
-    assert added == {"episodes": ["studio-a/moonlit-courier/ep99"], "shots": ["S01", "S02"]}
-    entry = steps.catalog_entry(storage.store(), "studio-a/moonlit-courier/ep99")
-    assert entry["episode_dir"] == str((inbox / "ep99").resolve())
-    # Unchanged folders are not planned again; the broken one is remembered, not retried.
+    assert [r.partition_key for r in result.run_requests or []] == [EP]
+    assert episode_clip_keys(instance, EP) == [f"{EP}/S01", f"{EP}/S02"]
+    entry = catalog.entry(LocalStore(config.artifacts), EP)
+    assert entry.episode_dir == str((inbox / "ep99").resolve())
     again = episode_inbox_sensor(dg.build_sensor_context(
-        instance=instance, resources={"storage": storage}, cursor=result.cursor))
+        instance=instance, resources=resources, cursor=result.cursor))
     assert not again.run_requests  # type: ignore[union-attr]
     assert set(json.loads(result.cursor or "{}")) == {str(inbox / "ep99"), str(bad)}
 
 
-def test_stages_chain_and_absent_shot(tmp_path: Path, instance: dg.DagsterInstance,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """plan run -> render_after_plan asks for one clips run over the episode's shots ->
-    deliver_after_clips asks for delivery. A shot id of another episode is recorded absent."""
-    monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
+def _flow(instance: dg.DagsterInstance, config: PipelineConfig,
+          run_id: str) -> list[dg.RunRequest]:
+    event = next(iter(instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)))
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="episode_flow_sensor", dagster_event=event.dagster_event,  # type: ignore[arg-type]
+        dagster_instance=instance, dagster_run=instance.get_run_by_id(run_id),  # type: ignore[arg-type]
+        resources=pipeline_resources(config))
+    out = episode_flow_sensor(ctx)
+    return out if isinstance(out, list) else []
+
+
+@pytest.mark.slow
+def test_every_way_of_materializing_flows_downstream(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
+    """Materializing only shot_plan (as from the asset catalog) asks for the rest of the plan;
+    a plan asks for the episode's clips; clips ask for delivery; a composite for the package."""
     folder = minimal_episode(tmp_path / "ep99")
-    store = LocalStore(tmp_path / "artifacts")
-    bundle = steps.register_episode(store, folder)
-    key = bundle.episode.key
-    register_partitions(instance, key, ["S01", "S02"])
-    register_partitions(instance, "studio-a/other/ep01", ["S03"])  # shared shot dimension
+    catalog.register(LocalStore(config.artifacts), folder)
+    register_partitions(instance, EP, ["S01", "S02"])
     d = defs()
-    plan_run = d.resolve_job_def("plan_episode").execute_in_process(
-        instance=instance, partition_key=key, run_config=QUIET)
-    assert plan_run.success
-    storage = LocalStorageResource(root=str(tmp_path / "artifacts"))
-
-    def success_ctx(run_id: str) -> dg.RunStatusSensorContext:
-        event = next(iter(instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)))
-        return dg.build_run_status_sensor_context(
-            sensor_name="s", dagster_event=event.dagster_event,  # type: ignore[arg-type]
-            dagster_instance=instance, dagster_run=instance.get_run_by_id(run_id),  # type: ignore[arg-type]
-            resources={"storage": storage})
-
-    request = render_after_plan(success_ctx(plan_run.run_id))
-    assert isinstance(request, dg.RunRequest)
-    assert request.tags == clip_range_tags(key, ["S01", "S02"])
-
-    # Render the range plus a pair that does not exist in this episode.
-    clips_run = d.resolve_job_def("render_clips").execute_in_process(
-        instance=instance, run_config=QUIET,
-        tags={"dagster/asset_partition_range_start": f"{key}|S01",
-              "dagster/asset_partition_range_end": f"{key}|S03"})
-    assert clips_run.success
-    mats = {r.partition_key: r.asset_materialization for r in
-            instance.fetch_materializations(dg.AssetKey("clips"), limit=10).records}
-    assert mats[f"{key}|S03"].metadata["in_episode"].value is False  # type: ignore[union-attr]
-    assert not store.exists(EpisodeKeys(key).clip("S03"))
-    assert store.exists(EpisodeKeys(key).clip("S02"))
-
-    deliver = deliver_after_clips(success_ctx(clips_run.run_id))
-    assert isinstance(deliver, dg.RunRequest) and deliver.partition_key == key
-    result = d.resolve_job_def("deliver_episode").execute_in_process(
-        instance=instance, partition_key=key, run_config=QUIET)
-    assert result.success
+    only_plan = dg.materialize(
+        [shot_plan], instance=instance, partition_key=EP,
+        resources=pipeline_resources(config), run_config=SILENT_LOGS)
+    [req] = _flow(instance, config, only_plan.run_id)
+    assert req.job_name == "plan_episode" and req.partition_key == EP
+    assert req.asset_selection == [dg.AssetKey("audio_event_manifest"),
+                                   dg.AssetKey("shot_compute_budget_plan")]
+    plan_run = dg.materialize(
+        [audio_event_manifest, shot_compute_budget_plan], instance=instance, partition_key=EP,
+        resources=pipeline_resources(config), run_config=SILENT_LOGS)
+    [clips_req] = _flow(instance, config, plan_run.run_id)
+    assert clips_req.job_name == "render_clips"
+    assert clips_req.tags == clip_range_tags(EP, ["S01", "S02"])
+    clips_run = _run(d, "render_clips", instance, config, tags=clips_req.tags)
+    [deliver] = _flow(instance, config, clips_run.run_id)
+    assert deliver.job_name == "deliver_episode" and deliver.partition_key == EP
+    comp_only = dg.materialize([composite], instance=instance, partition_key=EP,
+                               resources=pipeline_resources(config), run_config=SILENT_LOGS)
+    [package] = _flow(instance, config, comp_only.run_id)
+    assert package.asset_selection == [dg.AssetKey("package_zip")]
+    # A run the CLI drives chains itself: the sensor leaves it alone.
+    cli_run = _run(d, "plan_episode", instance, config, partition_key=EP,
+                   tags={"anime_pipeline/driver": "cli"})
+    assert _flow(instance, config, cli_run.run_id) == []
 
 
-def test_unregistered_episode_fails_with_a_clear_reason(tmp_path: Path,
-                                                        instance: dg.DagsterInstance) -> None:
+@pytest.mark.slow
+def test_placeholder_clip_fails_its_partition_check_and_rerender_job(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
+    store, d = _planned(tmp_path, instance, config)
+    # A keyframe that sniffs as PNG but does not decode: that shot ends as a slate.
+    (tmp_path / "ep99" / "keyframes" / "S02.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    assert (r := _run(d, "plan_episode", instance, config, partition_key=EP)).success, r
+    assert (r := _run(d, "render_clips", instance, config, tags=clip_range_tags(EP, ["S01", "S02"])
+                )).success, r
+    key = dg.AssetCheckKey(dg.AssetKey("clips"), "clip_rendered_as_planned")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    by_partition = {h.event.dagster_event.event_specific_data.partition: h  # type: ignore[union-attr]
+                    for h in history if h.event and h.event.dagster_event}
+    bad = by_partition[f"{EP}/S02"].event.dagster_event.event_specific_data  # type: ignore[union-attr]
+    assert bad.passed is False and bad.severity == dg.AssetCheckSeverity.WARN
+    assert "PLACEHOLDER" in (bad.description or "")
+    good = by_partition[f"{EP}/S01"].event.dagster_event.event_specific_data  # type: ignore[union-attr]
+    assert good.passed is True
+    # rerender_shots renders one shot again although its clip is current.
+    before = store.get_bytes(EpisodeKeys(EP).clip_record("S01"))
+    # The job's own config (force: true) is what the UI's launchpad starts from.
+    run = _run(d, "rerender_shots", instance, config, partition_key=f"{EP}/S01",
+               run_config={**SILENT_LOGS, "ops": {"clips": {"config": {"force": True}}}})
+    assert run.success
+    mat = instance.fetch_materializations(dg.AssetKey("clips"), limit=1).records[0]
+    assert mat.partition_key == f"{EP}/S01"
+    assert mat.asset_materialization.metadata["cached"].value is False  # type: ignore[union-attr]
+    assert store.get_bytes(EpisodeKeys(EP).clip_record("S01")) != before
+
+
+def test_unregistered_episode_fails_with_a_clear_reason(
+    instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
     register_partitions(instance, "studio-a/x/ep404", ["S01"])
-    result = defs().resolve_job_def("plan_episode").execute_in_process(
-        instance=instance, partition_key="studio-a/x/ep404", run_config=QUIET,
-        raise_on_error=False)
+    result = _run(defs(), "plan_episode", instance, config, partition_key="studio-a/x/ep404")
     assert not result.success
-    reason = failure_reason(result)
-    assert reason.startswith("shot_plan: LookupError: episode 'studio-a/x/ep404' is not "
+    reason = result.why
+    assert reason.startswith("shot_plan: NotRegistered: episode 'studio-a/x/ep404' is not "
                              "registered"), reason
 
 
-def test_burned_in_subtitles_reencode(tmp_path: Path, instance: dg.DagsterInstance,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from anime_pipeline.cli import render_episode
-    from anime_pipeline.media.ffmpeg import probe
-
-    monkeypatch.setenv("ANIME_PIPELINE_BURN_SUBTITLES", "1")
-    folder = minimal_episode(tmp_path / "ep99")
-    doc = yaml.safe_load((folder / "episode.yaml").read_text("utf-8"))
-    assert doc["shots"][0]["dialogue"]
-    result = render_episode(folder, quiet=True, instance=instance)
-    info = probe(result["composite"], count_frames=True)
-    assert info.first("subtitle") is None  # drawn into the picture instead
-    assert info.video_frames == 36
-    comp = instance.fetch_materializations(dg.AssetKey("composite"), limit=1).records[0]
-    md = comp.asset_materialization.metadata  # type: ignore[union-attr]
-    assert md["subtitles_burned_in"].value is True and md["video_copied"].value is False
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
-def test_clips_wait_for_a_gpu_pool_slot(tmp_path: Path, instance: dg.DagsterInstance,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the one `gpu` slot held by another run, a clips run waits; it renders once the
-    slot is free."""
+@pytest.mark.slow
+def test_a_dead_run_never_blocks_a_live_one(tmp_path: Path, instance: dg.DagsterInstance,
+                                            config: PipelineConfig) -> None:
+    """A run killed while holding the one gpu slot: the next clips run says what it waits for,
+    the reaper fails the dead run and frees its slot, and the live run renders."""
     import threading
     import time
 
-    store, key, d = _planned_episode(tmp_path, instance, monkeypatch)
+    store, d = _planned(tmp_path, instance, config)
+    dead = instance.create_run_for_job(
+        d.resolve_job_def("render_clips"), run_id="deadbeef-0000-0000-0000-000000000000",
+        tags={WORKER_PID_TAG: str(_dead_pid()), WORKER_HOST_TAG: os.uname().nodename})
+    instance.handle_run_event(dead.run_id, dg.DagsterEvent(
+        event_type_value=dg.DagsterEventType.RUN_START.value, job_name=dead.job_name))
     instance.event_log_storage.set_concurrency_slots("gpu", 1)
-    instance.event_log_storage.claim_concurrency_slot("gpu", "another-run", "clips")
+    instance.event_log_storage.claim_concurrency_slot("gpu", dead.run_id, "clips")
     done: list[bool] = []
+    run_id = "11111111-0000-0000-0000-000000000000"
     worker = threading.Thread(daemon=True, target=lambda: done.append(
-        d.resolve_job_def("render_clips").execute_in_process(
-            instance=instance, run_config=QUIET, tags=clip_range_tags(key, ["S01", "S02"])
-        ).success))
+        _run(d, "render_clips", instance, config, run_id=run_id,
+             tags=clip_range_tags(EP, ["S01", "S02"])).success))
     worker.start()
-    time.sleep(6)
-    assert done == [] and not store.exists(EpisodeKeys(key).clip("S01"))
-    instance.event_log_storage.free_concurrency_slots_for_run("another-run")
+    report = None
+    for _ in range(50):
+        report = pool_wait_report(instance, run_id)
+        if report:
+            break
+        time.sleep(0.2)
+    assert report and "deadbeef" in report and "gpu" in report
+    assert not store.exists(EpisodeKeys(EP).clip("S01"))
+    reaped = reap_dead_runs(instance)
+    assert [r.run_id for r in reaped] == [dead.run_id]
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
     worker.join(120)
-    assert done == [True] and store.exists(EpisodeKeys(key).clip("S02"))
+    assert done == [True] and store.exists(EpisodeKeys(EP).clip("S02"))
 
 
+@pytest.mark.slow
 def test_nvenc_policy_falls_back_to_software_without_vram(
-    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
 ) -> None:
     """A saved GPU profile makes the policy ask for NVENC; this machine has no GPU, so the
     VRAM check fails and the run encodes in software, saying so, and records the policy."""
+    from anime_pipeline.budget import ComputePlan
     from anime_pipeline.runtime.state import profile_path
     from anime_pipeline.runtime.testing import make_profile
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("ANIME_PIPELINE_HOME", str(home))
-    make_profile(vram_gib=[24.0], nvenc=True).save(profile_path(home))
-    store, key, d = _planned_episode(tmp_path, instance, monkeypatch)
-    plan = json.loads(store.get_bytes(EpisodeKeys(key).compute_plan))
-    assert plan["runtime_policy"]["encoder"] == "h264_nvenc"
-    assert plan["runtime_policy"]["profile_class"] == "LOCAL_GPU_HIGH"
-    run = d.resolve_job_def("render_clips").execute_in_process(
-        instance=instance, run_config=QUIET, tags=clip_range_tags(key, ["S01", "S02"]))
+    make_profile(vram_gib=[24.0], nvenc=True).save(profile_path(config.home))
+    store, d = _planned(tmp_path, instance, config)
+    plan = ComputePlan.model_validate_json(store.get_bytes(EpisodeKeys(EP).compute_plan))
+    assert plan.runtime_policy is not None and plan.runtime_policy.encoder == "h264_nvenc"
+    run = _run(d, "render_clips", instance, config, tags=clip_range_tags(EP, ["S01", "S02"]))
     assert run.success
     logs = [e.user_message for e in instance.all_logs(run.run_id)]
     assert any("encoding this run in software" in m for m in logs)

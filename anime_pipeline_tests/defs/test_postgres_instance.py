@@ -16,6 +16,7 @@ import pytest
 
 from anime_pipeline_tests.conftest import minimal_episode
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 PG = {"host": os.environ.get("PGHOST", "127.0.0.1"), "port": 5432, "user": "postgres"}
 
@@ -50,19 +51,22 @@ def test_postgres_instance_shared_between_processes(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    from anime_pipeline import steps
     from anime_pipeline.definitions import defs
     from anime_pipeline.defs.partitions import register_partitions
-    from anime_pipeline.defs.resources import storage_from_env
+    from anime_pipeline.defs.resources import pipeline_resources
+    from anime_pipeline.pipeline import catalog
+    from anime_pipeline.settings import PipelineConfig
+    from anime_pipeline.storage import LocalStore
 
+    config = PipelineConfig(home=tmp_path / "home", storage_root=tmp_path / "artifacts")
     folder = minimal_episode(tmp_path / "ep")
-    bundle = steps.register_episode(storage_from_env().store(), folder)
+    bundle = catalog.register(LocalStore(config.artifacts), folder)
     key = bundle.episode.key
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         register_partitions(instance, key, ["S01", "S02"])
         result = defs().resolve_job_def("plan_episode").execute_in_process(
-            instance=instance, partition_key=key)
+            instance=instance, partition_key=key, resources=pipeline_resources(config))
         assert result.success
     # Another process (as the webserver or daemon would be) reads the same instance.
     probe = (
@@ -75,3 +79,9 @@ def test_postgres_instance_shared_between_processes(
                          env={**os.environ, **env, "DAGSTER_HOME": str(home)}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == f"1 ['{key}'] True"
+    clips = subprocess.run(
+        [sys.executable, "-c", "import dagster as dg\n"
+         "print(dg.DagsterInstance.get().get_dynamic_partitions('clips'))"],
+        capture_output=True, text=True, env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        timeout=120)
+    assert clips.stdout.strip() == f"['{key}/S01', '{key}/S02']", clips.stderr[-2000:]

@@ -7,16 +7,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from anime_pipeline.defs.resources import GpuResource, InsufficientVramError, RuntimePolicyResource
 from anime_pipeline.defs.runtime import (
-    GpuResource,
-    InsufficientVramError,
     build_runtime_monitor_sensor,
     clip_render_stats,
-    current_policy,
-    current_resource_state,
-    runtime_defs,
+    runtime_monitor_sensor,
     runtime_profile,
 )
+from anime_pipeline.domain.records import ClipMetadata, ClipStatus
 from anime_pipeline.runtime import nvml
 from anime_pipeline.runtime.monitor import StateStore, Thresholds
 from anime_pipeline.runtime.testing import make_profile
@@ -38,9 +36,14 @@ def clips_asset(key: str, outcome: str) -> dg.AssetsDefinition:
     def _clips(context: dg.AssetExecutionContext) -> None:
         if outcome == "fail":
             raise RuntimeError(f"render of {context.partition_keys} failed: out of memory")
-        slate = outcome == "placeholder"
+        status = ClipStatus.placeholder if outcome == "placeholder" else ClipStatus.ok
         for k in context.partition_keys:
-            context.add_asset_metadata({"placeholder": slate, "degraded": slate}, partition_key=k)
+            meta = ClipMetadata(
+                episode_key="a/b/c", shot_id=k, status=status, cached=False,
+                backend="placeholder" if outcome == "placeholder" else "animatic",
+                shot_type="action", duration_ms=1000, fps=12, resolution="540p",
+                encoder="libx264", frames=24, size_bytes=1000, render_seconds=1.0, attempts=1)
+            context.add_asset_metadata(meta.values(), partition_key=k)
 
     return _clips
 
@@ -78,7 +81,10 @@ THRESHOLDS = Thresholds(degrade_after=2, restore_after=3, min_failure_samples=4)
 def tick(
     sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None
 ) -> dg.SensorResult:
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    # The sensors under test are built with their own state folder (state_dir_), which wins
+    # over the `runtime` resource's.
+    unused = RuntimePolicyResource(state_dir="/nonexistent/unused")
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"runtime": unused})
     result = sensor(ctx)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -133,7 +139,7 @@ def test_degrade_then_restore_with_hysteresis(instance: dg.DagsterInstance, home
     assert ev.metadata["monitor_action"].value == "restore"
     assert ev.metadata["degraded"].value is False
     assert not current_policy(home).degraded
-    rs = current_resource_state(queue_depth=2, state_dir_=home)
+    rs = RuntimePolicyResource(state_dir=str(home)).resource_state(queue_depth=2)
     assert rs.policy_degraded is False and rs.gpu_queue_depth == 2
 
 
@@ -164,26 +170,32 @@ def test_placeholder_slates_count_as_failed_renders(instance: dg.DagsterInstance
     assert clip_render_stats(instance, since=0, asset_key=dg.AssetKey("other")).total == 0
 
 
-def test_runtime_profile_asset(
-    instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ANIME_PIPELINE_HOME", str(tmp_path))
-    result = dg.materialize([runtime_profile], instance=instance)
+def current_policy(home: Path):  # type: ignore[no-untyped-def]
+    return RuntimePolicyResource(state_dir=str(home)).policy()
+
+
+def test_runtime_profile_asset(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    runtime = RuntimePolicyResource(state_dir=str(tmp_path))
+    result = dg.materialize([runtime_profile], instance=instance,
+                            resources={"runtime": runtime})
     assert result.success
     [mat] = result.asset_materializations_for_node("runtime_profile")
     assert "检测结果" in str(mat.metadata["explanation_zh"].value)
     assert int(str(mat.metadata["cpu_threads"].value)) >= 1
     assert (tmp_path / "runtime_profile.json").is_file()
-    assert current_policy().profile_class.value == mat.metadata["profile_class"].value
+    assert current_policy(tmp_path).profile_class.value == mat.metadata["profile_class"].value
 
 
 def test_definitions_load() -> None:
-    defs = dg.Definitions.merge(runtime_defs)
-    [sensor] = list(defs.sensors or [])
+    from anime_pipeline.definitions import defs as load
+
+    defs = load()
+    sensor = runtime_monitor_sensor
     assert sensor.name == "runtime_monitor_sensor" and sensor.minimum_interval_seconds == 30
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_assets_def("runtime_profile") is not None
     assert isinstance((defs.resources or {})["gpu"], GpuResource)
+    assert isinstance((defs.resources or {})["runtime"], RuntimePolicyResource)
     fast = build_runtime_monitor_sensor(name="fast_monitor", minimum_interval_seconds=5)
     assert fast.minimum_interval_seconds == 5
 

@@ -181,7 +181,7 @@ def test_manifest_per_shot_counts_density_and_energy() -> None:
     x = click_track(sparse, 8.0, gain=0.3) + click_track(dense, 8.0, gain=1.0)
     a = analyze(x, SR)
     ep = _episode([4000, 4000, 2000])
-    m = build_manifest(a, ep, "audio/mix.wav")
+    m = build_manifest(a, ep, "audio/mix.wav").model_dump(mode="json")
 
     assert manifest_problems(m) == []
     assert list(m) == [
@@ -216,7 +216,7 @@ def test_manifest_per_shot_counts_density_and_energy() -> None:
 
 def test_manifest_of_silence_has_null_tempo() -> None:
     a = analyze(np.zeros(3 * SR, dtype=np.float32), SR)
-    m = build_manifest(a, _episode([3000]), "audio/mix.wav")
+    m = build_manifest(a, _episode([3000]), "audio/mix.wav").model_dump(mode="json")
     assert m["tempo_bpm"] is None and m["onsets_ms"] == [] and m["beats_ms"] == []
     assert m["shots"][0]["peak_energy"] == 0.0
     assert manifest_problems(m) == []
@@ -228,7 +228,7 @@ def test_manifest_problems_reports_broken_documents() -> None:
         sample_rate=SR, n_samples=2 * SR, onset_times=np.array([0.5, 1.0]), tempo_bpm=120.0,
         beat_times=np.array([0.5, 1.0]), energy=np.linspace(0, 1, 40, dtype=np.float32),
     )  # fmt: skip
-    good = build_manifest(a, _episode([1000, 1000]), "audio/mix.wav")
+    good = build_manifest(a, _episode([1000, 1000]), "audio/mix.wav").model_dump(mode="json")
     assert manifest_problems(good) == []
 
     assert manifest_problems([]) == ["manifest: must be a JSON object"]

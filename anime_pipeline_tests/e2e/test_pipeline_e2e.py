@@ -12,30 +12,30 @@ import dagster as dg
 import pytest
 import yaml
 
-from anime_pipeline.cli import main, render_episode
+from anime_pipeline.cli import main
+from anime_pipeline.cli.render import render_episode
 from anime_pipeline.domain.package import sha256_file, verify_package
+from anime_pipeline.domain.records import ClipRecord, PackageManifest
 from anime_pipeline.media.ffmpeg import probe
 from anime_pipeline.sample import write_sample_episode
-from anime_pipeline.storage import EpisodeKeys, LocalStore, get_json
+from anime_pipeline.settings import PipelineConfig
+from anime_pipeline.storage import EpisodeKeys, LocalStore, get_json, get_record
 
 EP = "studio-a/moonlit-courier/ep01"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Render the bundled sample once for the whole module (about 20 s on 2 cores)."""
     root = tmp_path_factory.mktemp("e2e")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ANIME_PIPELINE_STORAGE", str(root / "artifacts"))
-    mp.setenv("ANIME_PIPELINE_HOME", str(root / "home"))
-    mp.setenv("ANIME_PIPELINE_RENDER_CONCURRENCY", "2")
+    config = PipelineConfig(home=root / "home", storage_root=root / "artifacts")
     folder = write_sample_episode(root / "ep01")
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
-        result = render_episode(folder, quiet=True, instance=instance)
-        yield {"result": result, "instance": instance, "folder": folder,
+        result = render_episode(folder, config=config, instance=instance, concurrency=2)
+        yield {"result": result, "instance": instance, "folder": folder, "config": config,
                "store": LocalStore(root / "artifacts"), "root": root}
-    mp.undo()
 
 
 @pytest.fixture
@@ -48,17 +48,18 @@ def module_env(rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dic
 
 def test_render_reports_paths(rendered: dict[str, Any]) -> None:
     r = rendered["result"]
-    assert r["episode_key"] == EP
-    assert Path(r["composite"]).is_file() and Path(r["package"]).is_file()
-    assert r["shots"] == 12 and r["placeholder_shots"] == []
-    assert set(r["run_ids"]) == {"plan_episode", "render_clips", "deliver_episode"}
+    assert r.episode_key == EP
+    assert Path(r.composite).is_file() and Path(r.package).is_file()
+    assert r.shots == 12 and r.placeholder_shots == [] and not r.delivered_with_placeholders
+    assert set(r.run_ids) == {"plan_episode", "render_clips", "deliver_episode"}
 
 
 def test_every_clip_is_exact_and_conformed(rendered: dict[str, Any]) -> None:
     store, folder = rendered["store"], rendered["folder"]
     plan = get_json(store, EpisodeKeys(EP).shot_plan)
     for shot in plan["episode"]["shots"]:
-        info = probe(store.fetch(EpisodeKeys(EP).clip(shot["id"])), count_frames=True)
+        info = probe(store.fetch(EpisodeKeys(EP).clip(shot["id"])), count_frames=True,
+                     timeout=60)
         video = info.first("video")
         assert video is not None and (video.width, video.height) == (1280, 720)
         assert video.fps == 24
@@ -72,15 +73,15 @@ def test_clip_follows_its_plan(rendered: dict[str, Any]) -> None:
     store = rendered["store"]
     plan = {s["shot_id"]: s for s in get_json(store, EpisodeKeys(EP).compute_plan)["shots"]}
     for shot_id, entry in plan.items():
-        rec = get_json(store, EpisodeKeys(EP).clip_record(shot_id))["result"]
-        assert rec["backend"] == entry["backend_preference"][0]
-        assert rec["fps"] == float(entry["target_fps"])
-        assert rec["resolution"] == entry["target_resolution"]
-        assert rec["degraded"] is False
+        rec = get_record(store, EpisodeKeys(EP).clip_record(shot_id), ClipRecord)
+        assert rec.backend == entry["backend_preference"][0]
+        assert rec.fps == float(entry["target_fps"])
+        assert rec.resolution == entry["target_resolution"]
+        assert rec.status == "ok" and not rec.degraded
 
 
 def test_composite_duration_streams_and_subtitles(rendered: dict[str, Any]) -> None:
-    info = probe(rendered["result"]["composite"], count_frames=True)
+    info = probe(rendered["result"].composite, count_frames=True, timeout=120)
     assert info.video_frames == 60 * 24
     assert abs((info.duration_s or 0) - 60.0) < 0.05
     kinds = [s.kind for s in info.streams]
@@ -93,23 +94,23 @@ def test_composite_duration_streams_and_subtitles(rendered: dict[str, Any]) -> N
 
 
 def test_package_checksums_match(rendered: dict[str, Any]) -> None:
-    pkg = Path(rendered["result"]["package"])
+    pkg = Path(rendered["result"].package)
     assert verify_package(pkg) == []
     with zipfile.ZipFile(pkg) as zf:
-        manifest = json.loads(zf.read("manifest.json"))
+        manifest = PackageManifest.model_validate_json(zf.read("manifest.json"))
         names = set(zf.namelist())
-    paths = {f["path"] for f in manifest["files"]}
+    paths = {f.path for f in manifest.files}
     assert {"ep01.mp4", "subtitles/ep01.srt", "subtitles/ep01.ass",
             "manifests/shot_plan.json", "manifests/audio_event_manifest.json",
             "manifests/shot_compute_budget_plan.json"} <= paths
     assert sum(p.startswith("clips/") for p in paths) == 12
     assert names == paths | {"manifest.json"}
-    lineage = manifest["lineage"]
-    assert lineage["episode_key"] == EP
-    assert lineage["run_id"] == rendered["result"]["run_ids"]["deliver_episode"]
-    assert lineage["code_version"]
-    composite = next(f for f in manifest["files"] if f["path"] == "ep01.mp4")
-    assert composite["sha256"] == sha256_file(Path(rendered["result"]["composite"]))
+    lineage = manifest.lineage
+    assert lineage.episode_key == EP
+    assert lineage.run_id == rendered["result"].run_ids["deliver_episode"]
+    assert lineage.code_version
+    composite = next(f for f in manifest.files if f.path == "ep01.mp4")
+    assert composite.sha256 == sha256_file(Path(rendered["result"].composite))
 
 
 def test_materializations_per_shot_with_metadata(rendered: dict[str, Any]) -> None:
@@ -117,12 +118,12 @@ def test_materializations_per_shot_with_metadata(rendered: dict[str, Any]) -> No
     records = instance.fetch_materializations(dg.AssetKey("clips"), limit=100).records
     by_partition = {r.partition_key: r.asset_materialization for r in records}
     assert len(by_partition) == 12
-    mat = by_partition[f"{EP}|S01"]
+    mat = by_partition[f"{EP}/S01"]
     assert mat is not None
     md = mat.metadata
     assert md["backend"].value == "animatic"
     assert md["preview"].value.startswith("![S01](data:image/jpeg;base64,")
-    assert md["degraded"].value is False
+    assert md["status"].value == "ok" and md["cached"].value is False
     for key in ("shot_plan", "audio_event_manifest", "shot_compute_budget_plan", "composite",
                 "package_zip"):
         recs = instance.fetch_materializations(dg.AssetKey(key), limit=5).records
@@ -144,16 +145,17 @@ def test_rerender_reuses_unchanged_clips(module_env: dict[str, Any]) -> None:
     camera = doc["shots"][0].setdefault("camera", {"move": "static"})
     camera["strength"] = round(float(camera.get("strength", 0.3)) + 0.05, 2)
     (folder / "episode.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
-    render_episode(folder, quiet=True, instance=instance)
+    render_episode(folder, config=rendered["config"], instance=instance, concurrency=2)
     records = instance.fetch_materializations(dg.AssetKey("clips"), limit=12).records
-    cached = {r.partition_key.split("|")[1]: r.asset_materialization.metadata["cached"].value  # type: ignore[union-attr]
+    cached = {r.partition_key.rsplit("/", 1)[1]:  # type: ignore[union-attr]
+              r.asset_materialization.metadata["cached"].value  # type: ignore[union-attr]
               for r in records}
     assert sum(cached.values()) >= 10  # all but the edited shot(s)
     changed = [s for s, c in cached.items() if not c]
     assert changed == ["S01"]
     assert store.fetch(EpisodeKeys(EP).clip("S02")).stat().st_mtime_ns == before["S02"]
     assert store.fetch(EpisodeKeys(EP).clip("S01")).stat().st_mtime_ns != before["S01"]
-    assert verify_package(Path(rendered["result"]["package"])) == []
+    assert verify_package(Path(rendered["result"].package)) == []
 
 
 def test_cli_render_json(module_env: dict[str, Any], capsys: pytest.CaptureFixture[str],
@@ -166,20 +168,29 @@ def test_cli_render_json(module_env: dict[str, Any], capsys: pytest.CaptureFixtu
     assert main(["render", str(rendered["folder"]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["episode_key"] == EP and out["composite"].endswith("composite/ep01.mp4")
+    assert out["instance"] == str(home) and out["placeholder_shots"] == []
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_runs_count() == 3
+        runs = instance.get_runs()
+        assert all(r.tags["anime_pipeline/driver"] == "cli" for r in runs)
 
 
 def test_asset_checks_pass_and_are_recorded(rendered: dict[str, Any]) -> None:
     instance: dg.DagsterInstance = rendered["instance"]
     evaluations = {}
-    for run_id in rendered["result"]["run_ids"].values():
+    for run_id in rendered["result"].run_ids.values():
         for rec in instance.all_logs(run_id,
                                      of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
             data = rec.dagster_event.event_specific_data  # type: ignore[union-attr]
-            evaluations[data.check_name] = data.passed  # type: ignore[union-attr]
+            evaluations[data.check_name] = (  # type: ignore[union-attr]
+                evaluations.get(data.check_name, True) and data.passed)  # type: ignore[union-attr]
     assert evaluations == {
         "plan_within_budget": True, "every_shot_planned_once": True,
-        "critical_shots_at_floor": True, "composite_matches_episode": True,
-        "package_checksums_match": True,
+        "critical_shots_at_floor": True, "clip_rendered_as_planned": True,
+        "composite_matches_episode": True, "package_checksums_match": True,
     }
+    for run_id in rendered["result"].run_ids.values():
+        for rec in instance.all_logs(run_id,
+                                     of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+            data = rec.dagster_event.event_specific_data  # type: ignore[union-attr]
+            assert data.partition, data  # type: ignore[union-attr]

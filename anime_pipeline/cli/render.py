@@ -1,0 +1,225 @@
+"""``anime-pipeline render``: the same Dagster jobs as the UI, on the same instance, driven in
+this process stage by stage (plan -> clips -> delivery), with progress per shot.
+
+Settings reach the jobs as resources and run config, never as environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import BaseModel
+
+from anime_pipeline.defs.partitions import clip_range_tags, register_partitions
+from anime_pipeline.defs.resources import pipeline_resources
+from anime_pipeline.domain.records import ClipStatus
+from anime_pipeline.instance import (
+    DRIVER_TAG,
+    GPU_POOL,
+    pool_wait_report,
+    reap_dead_runs,
+    worker_tags,
+)
+from anime_pipeline.pipeline import catalog
+from anime_pipeline.pipeline.clips import read_clip_records
+from anime_pipeline.pipeline.planning import read_compute_plan
+from anime_pipeline.runtime import nvml
+from anime_pipeline.settings import PipelineConfig
+from anime_pipeline.storage import EpisodeKeys, LocalStore, Storage
+
+PROGRESS_LOGGER = "anime_pipeline.progress"
+# The Dagster console logger prints stack frames for every failure; the CLI prints one line.
+SILENT_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+WAIT_REPORT_EVERY_S = 10.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PLACEHOLDERS = 3  # delivered, but some shots are placeholder slates
+
+
+class RenderFailed(RuntimeError):
+    def __init__(self, stage: str, run_id: str, reason: str) -> None:
+        super().__init__(f"{stage} failed (run {run_id}): {reason}")
+        self.stage, self.run_id, self.reason = stage, run_id, reason
+
+
+class RenderReport(BaseModel):
+    """What ``render --json`` prints."""
+
+    episode_key: str
+    composite: str
+    package: str
+    subtitles: list[str]
+    shots: int
+    duration_s: float
+    plan_status: str
+    delivered_with_placeholders: bool
+    placeholder_shots: list[str]
+    degraded_shots: list[str]
+    reaped_runs: list[str]
+    run_ids: dict[str, str]
+    instance: str
+    pipeline_home: str
+    seconds: float
+
+
+def root_cause(error: Any) -> str:
+    """The user's own error message under Dagster's wrapping of it (no stack frames)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    cls = getattr(error, "cls_name", None)
+    message = str(getattr(error, "message", error)).strip()
+    qualified = re.match(r"^(?:[\w.]+\.)?(\w+): (.*)", message, re.S)
+    if qualified and qualified.group(1) == cls:
+        message = qualified.group(2)  # Dagster writes "package.module.Class: message"
+    line = message.splitlines()[0] if message else ""
+    return f"{cls}: {line}" if cls else (line or "unknown error")
+
+
+def failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure or event.is_run_failure:
+            err = getattr(event.event_specific_data, "error", None)
+            return f"{event.step_key or 'run'}: {root_cause(err) if err else event.message}"
+    return "run failed"
+
+
+class _Progress(logging.Handler):
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(f"  {record.getMessage()}")
+
+
+@contextmanager
+def _progress(say: Callable[[str], None]) -> Iterator[None]:
+    handler = _Progress(say)
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def _watch_pool(instance: dg.DagsterInstance, run_id: str,
+                say: Callable[[str], None]) -> Iterator[None]:
+    """While the run waits for a pool slot, say what holds it; reap holders that died."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        last = ""
+        while not stop.wait(1.0 if not last else WAIT_REPORT_EVERY_S):
+            for r in reap_dead_runs(instance):
+                say(f"  freed the {GPU_POOL} slot of run {r.run_id[:8]} ({r.job_name}): {r.why}")
+            report = pool_wait_report(instance, run_id)
+            if report:
+                say(f"  {report}")
+            last = report or ""
+
+    thread = threading.Thread(target=watch, name="pool-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def ensure_gpu_pool(instance: dg.DagsterInstance) -> None:
+    """One ``gpu`` slot per GPU found (one on a CPU-only machine), unless already set."""
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        info = storage.get_concurrency_info(GPU_POOL)
+        if info.slot_count == 0 or info.using_default_limit:
+            storage.set_concurrency_slots(GPU_POOL, max(1, len(nvml.query().gpus)))
+
+
+def render_episode(
+    folder: str | Path, *, config: PipelineConfig, instance: dg.DagsterInstance,
+    instance_home: str = "", concurrency: int | None = None, burn_subtitles: bool = False,
+    storage: Storage | None = None, say: Callable[[str], None] | None = None,
+) -> RenderReport:
+    """Register the episode and materialize its whole graph on ``instance``."""
+    from anime_pipeline.definitions import defs
+
+    def _say(msg: str) -> None:
+        if say is not None:
+            say(msg)
+
+    t0 = time.perf_counter()
+    store = storage or LocalStore(config.artifacts)
+    bundle = catalog.register(store, folder)
+    ep = bundle.episode
+    shot_ids = [s.id for s in ep.shots]
+    register_partitions(instance, ep.key, shot_ids)
+    ensure_gpu_pool(instance)
+    reaped = reap_dead_runs(instance)
+    for r in reaped:
+        _say(f"freed the {GPU_POOL} slot of run {r.run_id[:8]} ({r.job_name}): {r.why}")
+    resources = pipeline_resources(config, concurrency=concurrency,
+                                   burn_subtitles=burn_subtitles)
+    definitions = defs()
+    tags = {DRIVER_TAG: "cli", **worker_tags()}
+    stages: list[tuple[str, str, dict[str, Any]]] = [
+        ("plan_episode", "planning", {"partition_key": ep.key}),
+        ("render_clips", f"rendering {len(shot_ids)} shots",
+         {"tags": clip_range_tags(ep.key, shot_ids)}),
+        ("deliver_episode", "compositing and packaging", {"partition_key": ep.key}),
+    ]
+    run_ids: dict[str, str] = {}
+    with _progress(_say):
+        for job_name, label, kwargs in stages:
+            _say(f"{ep.key}: {label}...")
+            run_id = str(uuid.uuid4())
+            run_ids[job_name] = run_id
+            job = definitions.resolve_job_def(job_name)
+            with _watch_pool(instance, run_id, _say):
+                result = job.execute_in_process(
+                    instance=instance, run_config=SILENT_LOGS, resources=resources,
+                    raise_on_error=False, run_id=run_id,
+                    tags={**tags, **kwargs.pop("tags", {})}, **kwargs)
+            if not result.success:
+                raise RenderFailed(job_name, run_id, failure_reason(result))
+    keys = EpisodeKeys(ep.key)
+    plan = read_compute_plan(store, ep.key)
+    records = read_clip_records(store, bundle)
+    placeholders = [s for s in shot_ids if records[s].status is ClipStatus.placeholder]
+    degraded = [s for s in shot_ids if records[s].status is ClipStatus.degraded]
+    return RenderReport(
+        episode_key=ep.key,
+        composite=store.uri(keys.composite),
+        package=store.uri(keys.package),
+        subtitles=[store.uri(keys.subtitles_srt), store.uri(keys.subtitles_ass)],
+        shots=len(shot_ids),
+        duration_s=ep.duration_ms / 1000,
+        plan_status=plan.status,
+        delivered_with_placeholders=bool(placeholders),
+        placeholder_shots=placeholders,
+        degraded_shots=degraded,
+        reaped_runs=[r.run_id for r in reaped],
+        run_ids=run_ids,
+        instance=instance_home,
+        pipeline_home=str(config.home),
+        seconds=round(time.perf_counter() - t0, 2),
+    )
+
+
+def stderr_say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+

@@ -1,0 +1,95 @@
+"""The delivery assets of an episode: composite -> package_zip."""
+
+
+import dagster as dg
+
+from anime_pipeline.defs import checks
+from anime_pipeline.defs.metadata import image, md_table
+from anime_pipeline.defs.partitions import episode_partitions
+from anime_pipeline.defs.planning_assets import GROUP
+from anime_pipeline.defs.resources import RenderSettings, StorageResource
+from anime_pipeline.domain import checks as quality
+from anime_pipeline.pipeline import catalog, delivery
+from anime_pipeline.storage import EpisodeKeys
+
+MAX_INLINE_PREVIEW = 1 << 20  # bytes of JPEG shown inline in the UI
+
+
+@dg.asset(
+    partitions_def=episode_partitions, group_name=GROUP, kinds={"ffmpeg", "video"},
+    # The composite of an episode reads that episode's clips; between the episode partitions
+    # and the per-shot clip partitions Dagster can only map to all of them.
+    deps=[dg.AssetDep("clips", partition_mapping=dg.AllPartitionMapping())],
+    check_specs=[checks.COMPOSITE_CHECK],
+    description="The episode: clips concatenated in shot order by stream copy, the mix cut or "
+                "padded to the episode's length, dialogue as a soft subtitle track (optionally "
+                "burned in), verified by decoding; a contact sheet with one tile per shot.",
+)
+def composite(
+    context: dg.AssetExecutionContext, storage: StorageResource, render_settings: RenderSettings
+) -> dg.MaterializeResult:
+    store = storage.store()
+    bundle = catalog.load_registered(store, context.partition_key)
+    with store.scratch() as work:
+        outcome = delivery.write_composite(store, bundle, work_dir=work,
+                                           burn_subtitles=render_settings.burn_subtitles)
+    record = outcome.record
+    if record.placeholder_shots:
+        context.log.warning(f"{record.episode_key} composed with placeholder slates for "
+                            f"{record.placeholder_shots}")
+    check = quality.composite_matches_episode(
+        record, expect_subtitles=record.subtitle_cues > 0 and not record.burned_in)
+    kinds = [s.kind for s in record.streams]
+    metadata = {
+        "duration_s": record.probed_duration_s,
+        "expected_duration_s": record.duration_ms / 1000,
+        "video_frames": record.video_frames,
+        "expected_frames": record.expected_frames,
+        "video_streams": kinds.count("video"),
+        "audio_streams": kinds.count("audio"),
+        "subtitle_streams": kinds.count("subtitle"),
+        "subtitle_cues": record.subtitle_cues,
+        "subtitles_burned_in": record.burned_in,
+        "video_copied": record.video_copied,
+        "placeholder_shots": ", ".join(record.placeholder_shots),
+        "degraded_shots": ", ".join(record.degraded_shots),
+        "size_bytes": record.size_bytes,
+        "compose_seconds": record.compose_seconds,
+        "path": dg.MetadataValue.path(record.uri),
+        "clips": md_table([{"shot": c.shot_id, "status": c.status.value,
+                            "sha256": c.sha256[:12]} for c in record.clips],
+                          ["shot", "status", "sha256"]),
+    }
+    sheet = outcome.contact_sheet_jpeg
+    if sheet and len(sheet) <= MAX_INLINE_PREVIEW:
+        metadata["contact_sheet"] = image(sheet, "contact sheet")
+    elif sheet:  # a very long episode: link the file rather than inline megabytes
+        metadata["contact_sheet"] = dg.MetadataValue.path(
+            store.uri(EpisodeKeys(bundle.episode.key).contact_sheet))
+    return dg.MaterializeResult(check_results=[checks.result(check)], metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=episode_partitions, group_name=GROUP, deps=[composite], kinds={"zip"},
+    check_specs=[checks.PACKAGE_CHECK],
+    description="Delivery ZIP: composite, clips, SRT and ASS subtitles, the three JSON "
+                "manifests and manifest.json with every file's size and sha256 and the lineage.",
+)
+def package_zip(
+    context: dg.AssetExecutionContext, storage: StorageResource
+) -> dg.MaterializeResult:
+    store = storage.store()
+    bundle = catalog.load_registered(store, context.partition_key)
+    lineage = {"run_id": context.run.run_id, "code_version": delivery.code_version(),
+               "partition": context.partition_key}
+    with store.scratch() as work:
+        record = delivery.write_package(store, bundle, work_dir=work, lineage=lineage)
+    check = quality.package_checksums_match(store.fetch(EpisodeKeys(bundle.episode.key).package))
+    return dg.MaterializeResult(check_results=[checks.result(check)], metadata={
+        "path": dg.MetadataValue.path(record.uri),
+        "size_bytes": record.size_bytes,
+        "files": record.files,
+        "sha256": record.sha256,
+        "code_version": record.manifest.lineage.code_version,
+        "lineage": dg.MetadataValue.json(record.manifest.lineage.model_dump(mode="json")),
+    })
