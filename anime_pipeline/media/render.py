@@ -13,7 +13,6 @@ a keyframe only through ``file``, a source through ``file,crypto`` when local an
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,6 @@ import ffmpeg  # ffmpeg-python
 
 from anime_pipeline.domain.contracts import NVENC_ENCODER, SOFTWARE_ENCODER
 from anime_pipeline.media import ffmpeg as ff
-from anime_pipeline.media.synth import find_font
 
 _COMMON = {"pix_fmt": "yuv420p", "profile:v": "high",
            "bf": 0,  # no B-frames: no edit lists, exact durations, clean concat
@@ -87,7 +85,7 @@ def _compile(stream: ffmpeg.nodes.OutputStream) -> list[str]:
     return list(ffmpeg.get_args(stream))
 
 
-def _conform(video: ffmpeg.nodes.FilterableStream, delivery: Delivery, frames: int):
+def conform(video: ffmpeg.nodes.FilterableStream, delivery: Delivery, frames: int):
     """Generation-rate stream -> delivery fps and size, exactly ``frames`` frames."""
     return (
         video.filter("fps", fps=str(delivery.rate))
@@ -99,7 +97,7 @@ def _conform(video: ffmpeg.nodes.FilterableStream, delivery: Delivery, frames: i
     )
 
 
-def _encode(video, out: Path, delivery: Delivery, frames: int,
+def encode_args(video, out: Path, delivery: Delivery, frames: int,
             thumbnail: Path | None = None, encoder: str = SOFTWARE_ENCODER) -> list[str]:
     """Encode to ``out``; with ``thumbnail``, also write the middle frame as a small JPEG
     from the same decode (a second output, no second ffmpeg run)."""
@@ -173,7 +171,7 @@ def animatic_args(
         "zoompan", z=expr["z"], x=expr["x"], y=expr["y"], d=n_gen,
         s=f"{gen.width}x{gen.height}", fps=gen.fps,
     )
-    return _encode(_conform(moving, delivery, frames), out, delivery, frames, thumbnail, encoder)
+    return encode_args(conform(moving, delivery, frames), out, delivery, frames, thumbnail, encoder)
 
 
 def source_clip_args(
@@ -192,54 +190,7 @@ def source_clip_args(
         .filter("scale", gen.width, gen.height, force_original_aspect_ratio="decrease")
         .filter("pad", gen.width, gen.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
     )
-    return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail, encoder)
-
-
-def placeholder_args(
-    out: Path, text_file: Path, *, duration_ms: int, delivery: Delivery,
-    thumbnail: Path | None = None,
-) -> list[str]:
-    """A slate at the delivery format: dark card, the text of ``text_file`` centred."""
-    frames = delivery.frames_for(duration_ms)
-    video = ffmpeg.input(
-        f"color=c=0x2b2b3a:s={delivery.width}x{delivery.height}:r={delivery.rate}",
-        f="lavfi", t=f"{duration_ms / 1000 + 1:.3f}",
-    )
-    bar_h = max(8, delivery.height // 40)
-    video = video.filter("drawbox", x=0, y=0, w="iw", h=bar_h, color="0xe0a030", t="fill")
-    video = video.filter("drawbox", x=0, y=f"ih-{bar_h}", w="iw", h=bar_h, color="0xe0a030",
-                         t="fill")
-    font = find_font()
-    if font:
-        video = video.filter(
-            "drawtext", fontfile=font, textfile=str(text_file), fontcolor="white",
-            fontsize=max(12, delivery.height // 18), line_spacing=max(4, delivery.height // 60),
-            x="(w-text_w)/2", y="(h-text_h)/2",
-        )
-    return _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail)
-
-
-# --------------------------------------------------------------------------- previews
-
-
-def contact_sheet_args(video: Path, out: Path, *, duration_s: float, columns: int = 6,
-                       rows: int = 2, width: int = 192) -> list[str]:
-    """One image of evenly spaced frames across the video."""
-    n = columns * rows
-    rate = n / max(duration_s, 0.1)
-    stream = (
-        ffmpeg.input(str(video))
-        .filter("fps", fps=f"{rate:.6f}")
-        .filter("scale", width, -2)
-        .filter("tile", f"{columns}x{rows}", padding=4, margin=4, color="0x101018")
-    )
-    return _compile(ffmpeg.output(stream, str(out), vframes=1, f="image2", c="mjpeg", q=4))
-
-
-def image_markdown(path: Path, alt: str = "preview") -> str:
-    """Markdown with the image inlined, for Dagster's MetadataValue.md preview."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"![{alt}](data:image/jpeg;base64,{data})"
+    return encode_args(conform(video, delivery, frames), out, delivery, frames, thumbnail, encoder)
 
 
 def render(args: Sequence[str], *, timeout: float) -> None:

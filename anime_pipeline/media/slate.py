@@ -33,8 +33,9 @@ from pathlib import Path
 
 import ffmpeg  # ffmpeg-python
 
+from anime_pipeline.domain.contracts import SOFTWARE_ENCODER
 from anime_pipeline.media import ffmpeg as ff
-from anime_pipeline.media.render import SOFTWARE_ENCODER, Delivery, _conform, _encode
+from anime_pipeline.media.render import Delivery, conform, encode_args
 from anime_pipeline.media.synth import find_font
 
 BACKGROUND = "0x2b2b3a"
@@ -550,7 +551,7 @@ def _slate(
                 fontcolor=line.colour, fontsize=line.size,
                 x=f"{line.x}+({line.width}-text_w)/2", y=line.y, fix_bounds=1,
             )
-    args = _encode(_conform(video, delivery, frames), out, delivery, frames, thumbnail,
+    args = encode_args(conform(video, delivery, frames), out, delivery, frames, thumbnail,
                    encoder)
     return args, len(lines)
 

@@ -1,4 +1,5 @@
-"""`dagster dev` from the project folder loads the code location and serves the graph."""
+"""`dagster dev` from the project folder loads the code location, serves the graph, says which
+instance it uses, and shows the runs `anime-pipeline render` made from another folder."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from anime_pipeline_tests.conftest import minimal_episode
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -33,18 +37,24 @@ def _graphql(port: int, query: str) -> dict:
 
 def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1",
+           "ANIME_PIPELINE_HOME": str(tmp_path / "home"),
+           "ANIME_PIPELINE_STORAGE": str(tmp_path / "artifacts")}
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.Popen([str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "dagster-dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         deadline = time.time() + 120
         nodes = None
         while time.time() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"dagster dev exited: {proc.stdout.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                pytest.fail(f"dagster dev exited: {log.read_text()[-2000:]}")
             try:
                 data = _graphql(port, "{ assetNodes { assetKey { path } isPartitioned "
                                       "dependencyKeys { path } } }")
@@ -60,6 +70,19 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
                 "composite", "package_zip"} <= set(by_key)
         assert by_key["clips"]["isPartitioned"]
         assert {"path": ["clips"]} in by_key["composite"]["dependencyKeys"]
+        assert f"anime_pipeline: instance {home}" in log.read_text()
+        # A render started from another folder lands on the instance the UI shows.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        folder = minimal_episode(tmp_path / "ep99")
+        cli = subprocess.run([sys.executable, "-m", "anime_pipeline.cli", "render",
+                              str(folder)], cwd=elsewhere, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        assert f"instance: {home}" in cli.stderr
+        runs = _graphql(port, "{ runsOrError { ... on Runs { results { jobName status } } } }")
+        jobs = sorted(r["jobName"] for r in runs["data"]["runsOrError"]["results"])
+        assert jobs == ["deliver_episode", "plan_episode", "render_clips"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -14,6 +14,7 @@ import yaml
 
 from anime_pipeline.cli.render import SILENT_LOGS, failure_reason
 from anime_pipeline.definitions import defs
+from anime_pipeline.defs.clips import clips as clips_asset
 from anime_pipeline.defs.delivery_assets import composite
 from anime_pipeline.defs.partitions import (
     CLIPS,
@@ -241,6 +242,20 @@ def test_placeholder_clip_fails_its_partition_check_and_rerender_job(
     assert "PLACEHOLDER" in (bad.description or "")
     good = by_partition[f"{EP}/S01"].event.dagster_event.event_specific_data  # type: ignore[union-attr]
     assert good.passed is True
+    # The check alone (its Execute button in the UI) judges the stored clips, renders nothing.
+    check_job = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks(key))
+    only = dg.Definitions(assets=[clips_asset, shot_compute_budget_plan], jobs=[check_job],
+                          resources=pipeline_resources(config))
+    before_mats = len(instance.fetch_materializations(dg.AssetKey("clips"), limit=50).records)
+    run = only.resolve_job_def("check_only").execute_in_process(
+        instance=instance, tags=clip_range_tags(EP, ["S01", "S02"]), run_config=SILENT_LOGS)
+    assert run.success
+    evals = [e.event_specific_data for e in run.all_events
+             if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert sorted((e.partition, e.passed) for e in evals) == [  # type: ignore[union-attr]
+        (f"{EP}/S01", True), (f"{EP}/S02", False)]
+    assert len(instance.fetch_materializations(dg.AssetKey("clips"), limit=50).records
+               ) == before_mats
     # rerender_shots renders one shot again although its clip is current.
     before = store.get_bytes(EpisodeKeys(EP).clip_record("S01"))
     # The job's own config (force: true) is what the UI's launchpad starts from.
