@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-# DAGSTER_HOME for `dagster dev` started in this folder (it reads .env), and the instance
-# folder whose dagster.yaml is this project's.
-.env:
-	@printf 'DAGSTER_HOME=%s/.dagster\n' "$(CURDIR)" > .env
-	@mkdir -p .dagster && [ -e .dagster/dagster.yaml ] || ln -s ../dagster.yaml .dagster/dagster.yaml
+# DAGSTER_HOME for `dagster dev` started in this folder (dagster reads .env), unless one is
+# set already; and the instance folder, whose dagster.yaml is this project's.
+.env: Makefile
+	@printf 'DAGSTER_HOME=$${DAGSTER_HOME:-%s/.dagster}\n' "$(CURDIR)" > .env
+	@mkdir -p .dagster && { [ -e .dagster/dagster.yaml ] || ln -s ../dagster.yaml .dagster/dagster.yaml; }
 
 setup: $(STAMP) .env
 	@.ci/system-deps
@@ -40,7 +40,7 @@ test-fast: setup
 	$(BIN)/pytest -n auto -m "not slow"
 
 dev: setup
-	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev
+	$(BIN)/dagster dev
 
 clean:
 	rm -rf $(VENV) .env .pytest_cache .mypy_cache .ruff_cache .hypothesis

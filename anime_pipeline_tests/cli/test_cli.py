@@ -125,3 +125,32 @@ def test_kill_9_during_clips_then_the_next_render_finishes(tmp_path: Path) -> No
                   if e.dagster_event.event_specific_data.materialization  # type: ignore[union-attr]
                   .metadata["cached"].value}
         assert finished <= cached  # what finished before the kill is not rendered again
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 600 KiB filesystem for the artifacts (root can mount a tmpfs; else skip)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_named_and_never_a_placeholder(tmp_path: Path, tiny_disk: Path) -> None:
+    from anime_pipeline.sample import write_sample_episode
+
+    folder = write_sample_episode(tmp_path / "ep01", n_shots=4, shot_ms=3000)
+    env = {**_env(tmp_path), "ANIME_PIPELINE_STORAGE": str(tiny_disk)}
+    out = _cli("render", str(folder), env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout
+    failure = next(line for line in out.stderr.splitlines() if line.startswith("render failed"))
+    assert "DiskFullError" in failure and "no space left" in failure.lower(), failure
+    records = list(tiny_disk.rglob("clips/*.json"))
+    assert all(b'"placeholder"' not in p.read_bytes() for p in records)

@@ -70,7 +70,11 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path: Path) -> None:
                 "composite", "package_zip"} <= set(by_key)
         assert by_key["clips"]["isPartitioned"]
         assert {"path": ["clips"]} in by_key["composite"]["dependencyKeys"]
-        assert f"anime_pipeline: instance {home}" in log.read_text()
+        announce = f"anime_pipeline: instance {home}"
+        until = time.time() + 60  # the code server's output reaches the log on its own pace
+        while announce not in log.read_text() and time.time() < until:
+            time.sleep(1)
+        assert announce in log.read_text(), log.read_text()[-3000:]
         # A render started from another folder lands on the instance the UI shows.
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()

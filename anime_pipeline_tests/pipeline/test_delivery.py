@@ -91,3 +91,14 @@ def test_catalog(tmp_path: Path, make_planned: Callable[..., Planned]) -> None:
     assert catalog.load_registered(store, good.episode.key).episode == good.episode
     with pytest.raises(catalog.NotRegistered, match="not registered"):
         catalog.entry(store, "studio-a/x/ep404")
+
+
+def test_unknown_keys_never_reach_the_delivery(make_planned: Callable[..., Planned]) -> None:
+    """A key the contract does not know (here a secret) is warned about, never copied."""
+    p = make_planned("secret", secret_api_key="sk-live-0123456789")
+    assert any("secret_api_key" in str(w) for w in p.bundle.warnings)
+    _render_all(p)
+    _, package = _deliver(p)
+    with zipfile.ZipFile(package) as zf:
+        for name in zf.namelist():
+            assert b"sk-live-0123456789" not in zf.read(name), name
