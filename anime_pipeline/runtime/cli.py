@@ -203,7 +203,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="runtime state folder (default $ANIME_PIPELINE_HOME, else .anime_pipeline)",
+        help="runtime state folder (default: the pipeline home, $ANIME_PIPELINE_HOME or "
+        "<project>/.anime_pipeline)",
     )
 
 
