@@ -26,6 +26,7 @@ from anime_pipeline.defs.resources import (
 from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import claim_run_worker
+from anime_pipeline.media.ffmpeg import ffmpeg_info
 from anime_pipeline.pipeline import catalog, planning
 from anime_pipeline.pipeline import clips as clip_cases
 from anime_pipeline.storage import Storage
@@ -93,6 +94,8 @@ def clips(
         nvenc_fits=gpu.vram_check)
     for note in env.notes:
         context.log.warning(note)
+    tool = ffmpeg_info()
+    context.log.info(f"ffmpeg {tool.version} at {tool.binary} ({tool.source})")
     for episode_key, shot_ids in shots_by_episode(context.partition_keys).items():
         bundle = catalog.load_registered(store, episode_key)
         plan = planning.read_compute_plan(store, episode_key)

@@ -5,6 +5,7 @@ schedule), and dead runs giving back their pool slots."""
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from anime_pipeline.pipeline import catalog
 from anime_pipeline.pipeline.delivery import ClipsMissing, episode_clips
 
 MAX_FINGERPRINT_FILES = 10_000
+log = logging.getLogger("anime_pipeline.sensors")
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -109,7 +111,11 @@ def next_stages(run: dg.DagsterRun, done: dict[str, set[str]],
         ask("plan", key, plan_job.name, partition_key=key,
             asset_selection=[dg.AssetKey("shot_compute_budget_plan")])
     for key in sorted(done.get("shot_compute_budget_plan", set())):
-        bundle = catalog.load_registered(store, key)
+        try:
+            bundle = catalog.load_registered(store, key)
+        except (LookupError, ValueError, EpisodeValidationError) as e:
+            log.warning("episode flow: %s planned but cannot be loaded now: %s", key, e)
+            continue
         shot_ids = [s.id for s in bundle.episode.shots]
         ask("clips", key, clips_job.name, tags=clip_range_tags(key, shot_ids))
     episodes = {split_clip_key(k)[0] for k in done.get("clips", set()) if k}

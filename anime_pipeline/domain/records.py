@@ -214,7 +214,8 @@ class ClipMetadata(Record):
     size_bytes: int
     render_seconds: float
     attempts: int
-    reason: str = ""
+    reason: str = ""  # short, as on the slate
+    full_reason: str = ""  # every word of the last failure
     segment_policy: str = ""
     runtime_policy: str = ""
     policy_degraded: bool = False
@@ -229,7 +230,8 @@ class ClipMetadata(Record):
             duration_ms=record.duration_ms, fps=record.fps, resolution=record.resolution,
             encoder=record.encoder, frames=record.frames, size_bytes=record.size_bytes,
             render_seconds=round(record.render_seconds, 3), attempts=len(record.attempts),
-            reason=record.summary or "", segment_policy=record.segment_policy or "",
+            reason=record.summary or "", full_reason=record.reason or "",
+            segment_policy=record.segment_policy or "",
             runtime_policy=policy.name if policy else "",
             policy_degraded=bool(policy and policy.degraded), uri=record.uri,
         )  # fmt: skip

@@ -81,7 +81,7 @@ class SlateRenderer(Protocol):
 
 
 class LadderStep(Protocol):
-    """A step of a degrade ladder (``budget.DegradeLadderStep``)."""
+    """A step of a degrade ladder (``budget.DegradeLadderStep``, duck-typed)."""
 
     @property
     def action(self) -> str: ...
@@ -148,6 +148,12 @@ def _lower_tier(tier: str) -> str | None:
     return names[i - 1] if i > 0 else None
 
 
+def _clear(*paths: Path | None) -> None:
+    for p in paths:
+        if p is not None:
+            p.unlink(missing_ok=True)
+
+
 def _describe(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return f"{type(error).__name__}: {text[:600]}"
@@ -192,7 +198,7 @@ def render_shot(
         try:
             if backend is None:
                 raise BackendUnavailable(f"backend {spec.backend!r} is not configured")
-            out.unlink(missing_ok=True)
+            _clear(out, job.thumbnail)  # nothing of a failed attempt may pass for this one's
             backend.render(replace(job, spec=spec), out)
             verify(out)
         except Exception as e:  # a backend may fail in any way; record and move on
@@ -234,7 +240,7 @@ def render_shot(
 
     started = time.perf_counter()
     slate_spec = RenderSpec(BACKEND_PLACEHOLDER, job.delivery.fps, PLACEHOLDER_RESOLUTION)
-    out.unlink(missing_ok=True)
+    _clear(out, job.thumbnail)
     slate.render_slate(job.shot, job.delivery, last_error, out, job.thumbnail)
     verify(out)  # a slate that is not a clip is a bug, not a shot failure: let it raise
     record(slate_spec, True, started, "placeholder", None)

@@ -17,6 +17,7 @@ from typing import Any
 
 from anime_pipeline.backends import AnimaticBackend, SlateBackend, SourceClipBackend
 from anime_pipeline.budget import ComputePlan, ShotPlan, get_ladder
+from anime_pipeline.budget.sla import PRIORITY_RANK
 from anime_pipeline.domain.contracts import NVENC_ENCODER, SOFTWARE_ENCODER
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.package import sha256_file
@@ -38,7 +39,6 @@ from anime_pipeline.storage import EpisodeKeys, RecordError, Storage, get_record
 log = logging.getLogger("anime_pipeline.progress")
 
 NVENC_VRAM_MB = 400  # what one NVENC encode session needs, roughly (checked before GPU encodes)
-PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 # The plan values that shape a render: a change to any of them renders the shot again.
 FINGERPRINT_FIELDS = ("target_fps", "target_resolution", "backend_preference", "retry_budget",
                       "degrade_ladder_profile", "segment_policy")
