@@ -137,6 +137,20 @@ class ClipStatus(StrEnum):
     placeholder = "placeholder"
 
 
+class _ClipState:
+    """What a clip's ``status`` means (shared by the stored record and the UI metadata)."""
+
+    status: ClipStatus
+
+    @property
+    def degraded(self) -> bool:
+        return self.status is not ClipStatus.ok
+
+    @property
+    def placeholder(self) -> bool:
+        return self.status is ClipStatus.placeholder
+
+
 class RenderAttempt(Record):
     backend: str
     fps: float
@@ -148,7 +162,7 @@ class RenderAttempt(Record):
     error: str | None = None
 
 
-class ClipRecord(Record):
+class ClipRecord(_ClipState, Record):
     """``clips/<shot>.json``: one rendered, verified clip and how it came to be."""
 
     version: Literal["2"] = "2"
@@ -182,20 +196,12 @@ class ClipRecord(Record):
     rendered_at: datetime = Field(default_factory=utc_now)
 
     @property
-    def degraded(self) -> bool:
-        return self.status is not ClipStatus.ok
-
-    @property
-    def placeholder(self) -> bool:
-        return self.status is ClipStatus.placeholder
-
-    @property
     def reusable(self) -> bool:
         """Only a clip rendered as planned is reused; degraded ones and slates are retried."""
         return self.status is ClipStatus.ok
 
 
-class ClipMetadata(Record):
+class ClipMetadata(_ClipState, Record):
     """The metadata of one ``clips`` partition in the Dagster UI (flat scalar values)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -235,14 +241,6 @@ class ClipMetadata(Record):
             runtime_policy=policy.name if policy else "",
             policy_degraded=bool(policy and policy.degraded), uri=record.uri,
         )  # fmt: skip
-
-    @property
-    def degraded(self) -> bool:
-        return self.status is not ClipStatus.ok
-
-    @property
-    def placeholder(self) -> bool:
-        return self.status is ClipStatus.placeholder
 
     @property
     def rendered(self) -> bool:
