@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from anime_pipeline import logs
 from anime_pipeline.settings import DAGSTER_HOME_ENV, default_home, instance_home
 
 _announced = False
@@ -32,5 +33,6 @@ def _announce() -> None:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    logs.configure()
     _announce()
     return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

@@ -329,6 +329,14 @@ class EpisodeKeys:
         return self._k("composite/composite.json")
 
     @property
+    def preview_composite(self) -> str:
+        return self._k(f"composite/{self.episode_id}_preview.mp4")
+
+    @property
+    def preview_record(self) -> str:
+        return self._k("composite/preview.json")
+
+    @property
     def contact_sheet(self) -> str:
         return self._k("composite/contact_sheet.jpg")
 

@@ -125,6 +125,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_render(args)
 
 
+def cmd_concurrency(args: argparse.Namespace) -> int:
+    from anime_pipeline.pipeline.scheduling import MAX_CONCURRENCY, settings_path, write_concurrency
+
+    config = _config(args)
+    if args.value is None:
+        path = settings_path(config.home)
+        current = json.loads(path.read_text("utf-8")).get("concurrency") if path.is_file() \
+            else None
+        print(f"concurrency: {current if current else 'the render_settings resource (4)'}"
+              f" (1..{MAX_CONCURRENCY}; {path})")
+        return EXIT_OK
+    try:
+        path = write_concurrency(config.home, args.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"concurrency {args.value}: running clips steps pick it up within seconds ({path})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anime-pipeline",
                                      description=(__doc__ or "").splitlines()[0])
@@ -154,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also draw the subtitles into the video")
         p.add_argument("--home", help="pipeline home (default $ANIME_PIPELINE_HOME, else the "
                                       "project's .anime_pipeline)")
+    p = sub.add_parser("concurrency", help="shots rendered at once, live (1..6): on farms "
+                                           "all of them, on this machine as the policy allows")
+    p.add_argument("value", type=int, nargs="?", help="the new setting; none: print it")
+    p.add_argument("--home", help="pipeline home")
+    p.set_defaults(func=cmd_concurrency)
     from anime_pipeline.runtime.cli import add_subcommands
 
     add_subcommands(sub)

@@ -30,6 +30,7 @@ from anime_pipeline.instance import (
     reap_dead_runs,
     worker_tags,
 )
+from anime_pipeline.logs import JsonFormatter, json_format
 from anime_pipeline.pipeline import catalog
 from anime_pipeline.pipeline.clips import read_clip_records
 from anime_pipeline.pipeline.planning import read_compute_plan
@@ -99,9 +100,10 @@ class _Progress(logging.Handler):
     def __init__(self, say: Callable[[str], None]) -> None:
         super().__init__(logging.INFO)
         self.say = say
+        self.json = JsonFormatter() if json_format() else None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.say(f"  {record.getMessage()}")
+        self.say(self.json.format(record) if self.json else f"  {record.getMessage()}")
 
 
 @contextmanager

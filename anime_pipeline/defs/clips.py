@@ -8,27 +8,40 @@ or a placeholder slate. Across runs, ``clips`` steps take a slot of the ``gpu`` 
 """
 
 
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from anime_pipeline.backends.config import load_backends
+from anime_pipeline.budget import ComputePlan
 from anime_pipeline.defs import checks
 from anime_pipeline.defs.metadata import clip_values, image
 from anime_pipeline.defs.partitions import clip_key, clip_partitions, shots_by_episode
-from anime_pipeline.defs.planning_assets import GROUP, shot_compute_budget_plan
+from anime_pipeline.defs.planning_assets import (
+    ACTIVE_RUNS,
+    GROUP,
+    cost_history,
+    shot_compute_budget_plan,
+)
 from anime_pipeline.defs.resources import (
     GpuResource,
+    PipelineSettings,
     RenderSettings,
     RuntimePolicyResource,
     StorageResource,
 )
 from anime_pipeline.domain import checks as quality
+from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import claim_run_worker
 from anime_pipeline.media.ffmpeg import ffmpeg_info
-from anime_pipeline.pipeline import catalog, planning
+from anime_pipeline.pipeline import catalog, delivery, planning
 from anime_pipeline.pipeline import clips as clip_cases
+from anime_pipeline.runtime.monitor import StateStore
+from anime_pipeline.runtime.policy import policy_record
 from anime_pipeline.storage import Storage
 
 CLIPS_KEY = dg.AssetKey("clips")
@@ -46,6 +59,37 @@ def _materialization(outcome: clip_cases.ClipOutcome) -> dg.AssetMaterialization
         meta["preview"] = image(outcome.thumbnail_jpeg, record.shot_id)
     return dg.AssetMaterialization(asset_key=CLIPS_KEY, metadata=meta,
                                    partition=clip_key(record.episode_key, record.shot_id))
+
+
+def _replanned(context: dg.AssetExecutionContext, plan: ComputePlan) -> dg.AssetMaterialization:
+    """A plan made mid-run because the runtime policy changed: a new materialization of the
+    episode's shot_compute_budget_plan, saying so."""
+    policy = plan.runtime_policy
+    context.log.warning(f"{plan.episode_key}: the runtime policy changed to "
+                        f"{policy.name if policy else '?'}: shots not started yet are "
+                        "re-planned under it")
+    return dg.AssetMaterialization(
+        asset_key="shot_compute_budget_plan", partition=plan.episode_key, metadata={
+            "status": plan.status, "replanned_by_run": context.run.run_id,
+            "runtime_policy": policy.name if policy else "",
+            "policy_degraded": bool(policy and policy.degraded),
+            "estimated_gpu_minutes": plan.budget_summary.estimated_gpu_minutes})
+
+
+def _preview_cut(context: dg.AssetExecutionContext, store: Storage, bundle: EpisodeBundle,
+                 work: Path, render_settings: RenderSettings) -> dg.AssetObservation:
+    """The preview composite of a staged plan, cut before the final stage renders."""
+    outcome = delivery.write_composite(store, bundle, work_dir=work / "preview",
+                                       burn_subtitles=render_settings.burn_subtitles,
+                                       preview=True)
+    record = outcome.record
+    context.log.info(f"{record.episode_key}: preview cut ready ({record.uri}); rendering the "
+                     "final stage")
+    return dg.AssetObservation(asset_key="composite", partition=record.episode_key, metadata={
+        "preview": True, "path": dg.MetadataValue.path(record.uri),
+        "video_frames": record.video_frames,
+        "preview_tier_shots": ", ".join(c.shot_id for c in record.clips
+                                        if c.stage == "preview")})
 
 
 def _check_stored_clips(store: Storage, keys: Sequence[str]
@@ -80,34 +124,67 @@ def _check_stored_clips(store: Storage, keys: Sequence[str]
     pool="gpu",
 )
 def clips(
-    context: dg.AssetExecutionContext, config: ClipsConfig, storage: StorageResource,
-    render_settings: RenderSettings, runtime: RuntimePolicyResource, gpu: GpuResource,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    context: dg.AssetExecutionContext, config: ClipsConfig, settings: PipelineSettings,
+    storage: StorageResource, render_settings: RenderSettings, runtime: RuntimePolicyResource,
+    gpu: GpuResource,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.AssetObservation]:
     claim_run_worker(context.instance, context.run.run_id)
     store = storage.store()
     if CLIPS_KEY not in context.selected_asset_keys:
         # Only the check was asked for (its "Execute" button): judge the clips as they are.
         yield from _check_stored_clips(store, context.partition_keys)
         return
-    env = clip_cases.render_environment(
-        runtime.policy(), requested_concurrency=render_settings.concurrency,
-        nvenc_fits=gpu.vram_check)
-    for note in env.notes:
-        context.log.warning(note)
-    tool = ffmpeg_info()
-    context.log.info(f"ffmpeg {tool.version} at {tool.binary} ({tool.source})")
-    for episode_key, shot_ids in shots_by_episode(context.partition_keys).items():
-        bundle = catalog.load_registered(store, episode_key)
-        plan = planning.read_compute_plan(store, episode_key)
-        context.log.info(f"{episode_key}: rendering {len(shot_ids)} shot(s), "
-                         f"{env.concurrency} at a time, encoder {env.encoder}, "
-                         f"policy {env.policy.name}")
-        with store.scratch() as work:
-            for outcome in clip_cases.render_clips(
-                store, bundle, plan, shot_ids, backends=clip_cases.local_backends(), env=env,
-                work_dir=work, force=config.force, run_id=context.run.run_id,
-            ):
-                yield _materialization(outcome)
-                yield checks.evaluation(
-                    quality.clip_rendered_as_planned(outcome.record), asset="clips",
-                    partition=clip_key(episode_key, outcome.shot_id), warn=True)
+    home = settings.config().home
+    queued = context.instance.get_runs_count(dg.RunsFilter(statuses=ACTIVE_RUNS))
+    with clip_cases.clips_run(
+        runtime.policy(), concurrency=render_settings.concurrency, home=home,
+        backends_config=load_backends(home), nvenc_fits=gpu.vram_check,
+        run_id=context.run.run_id, live_policy=runtime.policy,
+        revision=lambda: StateStore(home).load().revision,
+    ) as run:
+        for note in run.env.notes:
+            context.log.warning(note)
+        tool = ffmpeg_info()
+        context.log.info(f"ffmpeg {tool.version} at {tool.binary} ({tool.source}); "
+                         f"backends {sorted(run.backends.renderers)}")
+        for episode_key, shot_ids in shots_by_episode(context.partition_keys).items():
+            bundle = catalog.load_registered(store, episode_key)
+            plan = planning.read_compute_plan(store, episode_key)
+            context.log.info(f"{episode_key}: rendering {len(shot_ids)} shot(s): "
+                             f"{run.env.concurrency} at a time on farms, "
+                             f"{run.env.local_concurrency} on this machine, encoder "
+                             f"{run.env.encoder}, policy {run.env.policy.name}")
+
+            def replan(bundle: EpisodeBundle = bundle) -> ComputePlan:
+                return planning.write_compute_plan(
+                    store, bundle, resources=runtime.resource_state(queued),
+                    history=cost_history(context.instance),
+                    policy=policy_record(runtime.policy()))
+
+            with store.scratch() as work:
+                holder, outcomes = run.render(store, bundle, plan, shot_ids, work_dir=work,
+                                              force=config.force, replan=replan)
+                for item in outcomes:
+                    for new_plan in holder.drain():
+                        yield _replanned(context, new_plan)
+                    if isinstance(item, clip_cases.PreviewReady):
+                        yield _preview_cut(context, store, bundle, work, render_settings)
+                        continue
+                    yield _materialization(item)
+                    yield checks.evaluation(
+                        quality.clip_rendered_as_planned(item.record), asset="clips",
+                        partition=clip_key(episode_key, item.shot_id), warn=True)
+                for new_plan in holder.drain():
+                    yield _replanned(context, new_plan)
+        stats = run.stats.as_dict()
+        farms = run.farm_stats()
+    context.instance.add_run_tags(context.run.run_id, {
+        "anime_pipeline/clip_stats": json.dumps(
+            {k: stats[k] for k in ("clips", "mean_s", "p95_s", "max_s", "failed_attempts",
+                                   "degraded", "placeholders", "cached")}, sort_keys=True)})
+    yield dg.AssetObservation(asset_key=CLIPS_KEY, metadata={
+        "clip_stats": dg.MetadataValue.json(stats),
+        "farms": dg.MetadataValue.json(farms),
+        "clips_rendered": stats["clips"], "clips_cached": stats["cached"],
+        "render_p95_s": stats["p95_s"], "placeholders": stats["placeholders"],
+    })

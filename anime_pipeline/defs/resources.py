@@ -67,9 +67,11 @@ class S3StorageResource(StorageResource):
 
 
 class RenderSettings(dg.ConfigurableResource):
-    concurrency: int = Field(default=4, ge=1, le=64,
-                             description="Shots rendered at once within one clips step "
-                                         "(capped by the runtime policy).")
+    concurrency: int = Field(default=4, ge=1, le=6,
+                             description="Shots rendered at once within one clips step: all "
+                                         "of them on a farm, as many as the runtime policy "
+                                         "allows on this machine. Changed live by "
+                                         "`anime-pipeline concurrency N`.")
     burn_subtitles: bool = Field(default=False, description="Also draw subtitles into the "
                                                             "video.")
 
@@ -79,12 +81,16 @@ class RuntimePolicyResource(dg.ConfigurableResource):
     downgrades of the monitor (``runtime_profile.json``, ``runtime_state.json``)."""
 
     state_dir: str = Field(description="Folder of the runtime profile and monitor state.")
+    max_profile_age_s: float = Field(
+        default=60.0, description="Re-detect the machine (GPUs, backend servers) when the saved "
+                                  "profile is older: plans and renders read live state.")
 
     def profile(self) -> RuntimeProfile:
-        return load_profile(self.state_dir, storage_root=None)
+        return load_profile(self.state_dir, max_age_s=self.max_profile_age_s,
+                            storage_root=None)
 
     def policy(self) -> ExecutionPolicy:
-        return policy_in_force(self.state_dir)
+        return policy_in_force(self.state_dir, self.profile())
 
     def resource_state(self, queue_depth: int = 0) -> ResourceState:
         """What the budgeter needs of the machine and the policy in force."""
@@ -178,7 +184,7 @@ def pipeline_resources(
     else:
         storage = LocalStorageResource(root=_env(env, STORAGE_ENV, str(config.artifacts)))
     if concurrency is None:
-        concurrency = int(env.get(CONCURRENCY_ENV) or 4)
+        concurrency = max(1, min(6, int(env.get(CONCURRENCY_ENV) or 4)))
     if burn_subtitles is None:
         burn_subtitles = env.get(BURN_ENV, "0").lower() in ("1", "true", "yes")
     return {

@@ -151,6 +151,18 @@ class _ClipState:
         return self.status is ClipStatus.placeholder
 
 
+class Usage(Record):
+    """One billable call to a backend (a generative prompt, say), as the backend reports it."""
+
+    provider: str  # the backend name
+    server: str | None = None
+    prompt_id: str | None = None
+    frames: int = 0
+    video_sec: float = 0.0
+    wall_sec: float = 0.0
+    gpu_sec: float | None = None  # the server's own execution time, when it reports one
+
+
 class RenderAttempt(Record):
     backend: str
     fps: float
@@ -160,6 +172,8 @@ class RenderAttempt(Record):
     seconds: float
     step: str = "initial"  # initial | retry N | software_encoder | <ladder action> | placeholder
     error: str | None = None
+    server: str | None = None  # which server rendered it (generative backends)
+    usage: list[Usage] = Field(default_factory=list)
 
 
 class ClipRecord(_ClipState, Record):
@@ -191,9 +205,17 @@ class ClipRecord(_ClipState, Record):
     shot_type: str
     duration_ms: int
     segment_policy: str | None = None
+    segments: int = 1
+    server: str | None = None  # the server of the attempt that made the clip
+    stage: Literal["preview", "final"] = "final"  # preview: a staged shot's preview tier
     runtime_policy: PolicyRecord | None = None
     run_id: str | None = None
     rendered_at: datetime = Field(default_factory=utc_now)
+
+    @property
+    def usage(self) -> list[Usage]:
+        """Every billable call of every attempt (failed ones cost too)."""
+        return [u for a in self.attempts for u in a.usage]
 
     @property
     def reusable(self) -> bool:
@@ -223,6 +245,9 @@ class ClipMetadata(_ClipState, Record):
     reason: str = ""  # short, as on the slate
     full_reason: str = ""  # every word of the last failure
     segment_policy: str = ""
+    stage: str = "final"
+    server: str = ""
+    gpu_sec: float = 0.0  # what the backends reported for this render, all attempts
     runtime_policy: str = ""
     policy_degraded: bool = False
     uri: str = ""
@@ -237,7 +262,9 @@ class ClipMetadata(_ClipState, Record):
             encoder=record.encoder, frames=record.frames, size_bytes=record.size_bytes,
             render_seconds=round(record.render_seconds, 3), attempts=len(record.attempts),
             reason=record.summary or "", full_reason=record.reason or "",
-            segment_policy=record.segment_policy or "",
+            segment_policy=record.segment_policy or "", stage=record.stage,
+            server=record.server or "",
+            gpu_sec=round(sum(u.gpu_sec or 0.0 for u in record.usage), 3),
             runtime_policy=policy.name if policy else "",
             policy_degraded=bool(policy and policy.degraded), uri=record.uri,
         )  # fmt: skip
@@ -276,6 +303,7 @@ class ClipRef(Record):
     shot_id: str
     sha256: str
     status: ClipStatus
+    stage: str = "final"
 
 
 class CompositeRecord(Record):
@@ -301,6 +329,7 @@ class CompositeRecord(Record):
     clip_encoders: list[str]
     clips: list[ClipRef]
     compose_seconds: float
+    preview: bool = False  # a staged plan's preview cut, before the final stage replaces it
     composed_at: datetime = Field(default_factory=utc_now)
 
     @property

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from anime_pipeline.domain.contracts import (
 )
 from anime_pipeline.domain.episode import Format, Shot
 from anime_pipeline.domain.package import sha256_file
-from anime_pipeline.domain.records import ClipStatus, RenderAttempt
+from anime_pipeline.domain.records import ClipStatus, RenderAttempt, Usage
 
 log = logging.getLogger("anime_pipeline.render")
 
@@ -59,16 +60,28 @@ class ShotJob:
     delivery: Format
     spec: RenderSpec
     thumbnail: Path | None = None  # where to write a preview frame, if wanted
+    segment_max_ms: int | None = None  # generate in windows of at most this (the plan's)
+    run_id: str = ""  # with ``attempt``: what makes a generative seed and file name unique
+    attempt: int = 0
+    cancel: threading.Event | None = None  # set when the run stops: stop and clean up
 
     @property
     def generation_size(self) -> tuple[int, int]:
         return size_for_tier(self.spec.resolution, self.delivery.width, self.delivery.height)
 
 
+@dataclass(frozen=True)
+class RenderInfo:
+    """What a backend tells of a render besides the file: where, and what it cost."""
+
+    server: str | None = None
+    usage: tuple[Usage, ...] = ()
+
+
 class RenderBackend(Protocol):
     name: str
 
-    def render(self, job: ShotJob, out: Path) -> None:
+    def render(self, job: ShotJob, out: Path) -> RenderInfo | None:
         """Render ``job`` to ``out`` (an MP4 at the delivery format); raise on failure."""
         ...
 
@@ -91,7 +104,12 @@ class LadderStep(Protocol):
     def resolution(self) -> str | None: ...
 
 
-class BackendUnavailable(RuntimeError):
+class NotRetryable(Exception):  # noqa: N818 - a marker mixed into errors, not raised alone
+    """Mixed into errors that the same attempt repeated cannot fix (a workflow the server
+    rejects, a template missing a node): no retries, straight to the next ladder step."""
+
+
+class BackendUnavailable(RuntimeError, NotRetryable):
     pass
 
 
@@ -180,35 +198,41 @@ def render_shot(
     attempts: list[RenderAttempt] = []
     spec = job.spec
     last_error = "no attempt made"
+    retryable = True
 
     def record(spec: RenderSpec, ok: bool, started: float, step: str,
-               error: str | None) -> None:
+               error: str | None, info: RenderInfo | None = None) -> None:
         a = RenderAttempt(backend=spec.backend, fps=spec.fps, resolution=spec.resolution,
-                          encoder=spec.encoder, ok=ok, seconds=round(time.perf_counter() - started,
-                                                                     3),
-                          step=step, error=error)
+                          encoder=spec.encoder, ok=ok,
+                          seconds=round(time.perf_counter() - started, 3), step=step,
+                          error=error, server=info.server if info else None,
+                          usage=list(info.usage) if info else [])
         attempts.append(a)
         if on_attempt:
             on_attempt(a)
 
     def attempt(spec: RenderSpec, step: str) -> bool:
-        nonlocal last_error
+        nonlocal last_error, retryable
         started = time.perf_counter()
         backend = backends.get(spec.backend)
+        info: RenderInfo | None = None
         try:
             if backend is None:
                 raise BackendUnavailable(f"backend {spec.backend!r} is not configured")
+            if job.cancel is not None and job.cancel.is_set():
+                raise RenderAborted("the run was stopped")
             _clear(out, job.thumbnail)  # nothing of a failed attempt may pass for this one's
-            backend.render(replace(job, spec=spec), out)
+            info = backend.render(replace(job, spec=spec, attempt=len(attempts)), out)
             verify(out)
         except Exception as e:  # a backend may fail in any way; record and move on
             if is_fatal(e):
                 raise
+            retryable = not isinstance(e, NotRetryable)
             last_error = f"{spec.backend}: {_describe(e)}"
-            record(spec, False, started, step, last_error)
+            record(spec, False, started, step, last_error, getattr(e, "info", None) or info)
             log.warning("shot %s attempt failed (%s): %s", job.shot.id, step, last_error)
             return False
-        record(spec, True, started, step, None)
+        record(spec, True, started, step, None, info)
         return True
 
     def done(spec: RenderSpec, status: ClipStatus) -> RenderOutcome:
@@ -219,8 +243,8 @@ def render_shot(
     for i in range(1 + max(0, retry_budget)):
         if attempt(spec, "initial" if i == 0 else f"retry {i}"):
             return done(spec, ClipStatus.ok)
-        if spec.backend not in backends:
-            break  # retrying an unconfigured backend cannot help
+        if not retryable:
+            break  # an unconfigured backend, a rejected workflow: retrying cannot help
     if spec.encoder != SOFTWARE_ENCODER and spec.backend in backends:
         # A hardware encoder can fail where the software one works (driver, session limits).
         spec = replace(spec, encoder=SOFTWARE_ENCODER)
@@ -229,8 +253,8 @@ def render_shot(
     for step in ladder:
         if step.action == "placeholder":
             break
-        if spec.backend not in backends and step.action != "next_backend":
-            continue  # lowering fps or resolution cannot help a backend that is not there
+        if not retryable and step.action != "next_backend":
+            continue  # lower fps or resolution cannot help a missing backend or workflow
         new_spec = _apply_step(spec, step, backend_preference)
         if new_spec is None:
             continue

@@ -193,6 +193,32 @@ def source_clip_args(
     return encode_args(conform(video, delivery, frames), out, delivery, frames, thumbnail, encoder)
 
 
+def generated_args(
+    segments: Sequence[tuple[Path, bool]], out: Path, *, duration_ms: int, delivery: Delivery,
+    thumbnail: Path | None = None, encoder: str = SOFTWARE_ENCODER,
+) -> list[str]:
+    """Stitch generated segment videos (``(path, drop_first_frame)``: a segment that started
+    from the previous one's last frame repeats it) and conform them to the delivery format,
+    exactly the shot's frame count (held on the last frame if the model gave fewer)."""
+    frames = delivery.frames_for(duration_ms)
+    parts = []
+    for path, drop_first in segments:
+        video = ffmpeg.input(ff.media_url(path), **ff.input_options(path)).video
+        if drop_first:
+            video = video.filter("trim", start_frame=1).filter("setpts", "PTS-STARTPTS")
+        parts.append(video.filter("setsar", "1"))
+    joined = parts[0] if len(parts) == 1 else ffmpeg.concat(*parts, v=1, a=0)
+    return encode_args(conform(joined, delivery, frames), out, delivery, frames, thumbnail,
+                       encoder)
+
+
+def last_frame_args(video: Path, out: Path) -> list[str]:
+    """The last frame of ``video`` as a PNG (the start image of the next segment): only the
+    last second is decoded; every decoded frame overwrites ``out``, the last one stays."""
+    stream = ffmpeg.input(ff.media_url(video), sseof="-1", **ff.input_options(video))
+    return _compile(ffmpeg.output(stream.video, str(out), f="image2", c="png", update=1))
+
+
 def render(args: Sequence[str], *, timeout: float) -> None:
     """Run one of the commands above (``timeout`` in seconds, see ``ff.timeout_for``)."""
     ff.run(args, timeout=timeout)

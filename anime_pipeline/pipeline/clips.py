@@ -9,13 +9,19 @@ next run: they are what a retry exists for.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from anime_pipeline.backends import AnimaticBackend, SlateBackend, SourceClipBackend
+from anime_pipeline.backends.comfyui.backend import ComfyBackend
+from anime_pipeline.backends.comfyui.farm import Farm
+from anime_pipeline.backends.comfyui.templates import load_template
+from anime_pipeline.backends.config import BackendsConfig
 from anime_pipeline.budget import ComputePlan, ShotPlan, get_ladder
 from anime_pipeline.budget.sla import PRIORITY_RANK
 from anime_pipeline.domain.contracts import NVENC_ENCODER, SOFTWARE_ENCODER
@@ -24,6 +30,7 @@ from anime_pipeline.domain.package import sha256_file
 from anime_pipeline.domain.records import ClipRecord, ClipStatus, PolicyRecord
 from anime_pipeline.domain.rendering import (
     RenderBackend,
+    RenderInfo,
     RenderSpec,
     ShotJob,
     SlateRenderer,
@@ -33,6 +40,13 @@ from anime_pipeline.domain.rendering import (
 from anime_pipeline.media.ffmpeg import ClipProbe, timeout_for, verify_clip
 from anime_pipeline.media.render import Delivery
 from anime_pipeline.media.slate import short_reason
+from anime_pipeline.pipeline.scheduling import (
+    MAX_CONCURRENCY,
+    ClipStats,
+    LiveConcurrency,
+    PlanHolder,
+    Slots,
+)
 from anime_pipeline.runtime.policy import ExecutionPolicy, policy_record
 from anime_pipeline.storage import EpisodeKeys, RecordError, Storage, get_record, put_record
 
@@ -44,6 +58,9 @@ FINGERPRINT_FIELDS = ("target_fps", "target_resolution", "backend_preference", "
                       "degrade_ladder_profile", "segment_policy")
 
 
+Stage = Literal["preview", "final"]
+
+
 class ShotsNotPlanned(LookupError):
     """Shots asked for that the episode's compute plan does not hold (plan out of date)."""
 
@@ -53,9 +70,11 @@ class ShotsNotPlanned(LookupError):
 
 @dataclass(frozen=True)
 class RenderEnvironment:
-    """How this run renders: shots at once, encoder, the policy in force, and why."""
+    """How this run renders: the concurrency setting (remote work), the policy's cap on local
+    work, the encoder, the policy in force, and why anything was changed."""
 
     concurrency: int
+    local_concurrency: int
     encoder: str
     policy: PolicyRecord
     notes: tuple[str, ...] = ()
@@ -65,30 +84,73 @@ def render_environment(
     policy: ExecutionPolicy, *, requested_concurrency: int,
     nvenc_fits: Callable[[int], bool],
 ) -> RenderEnvironment:
-    """The policy caps the shots rendered at once and picks the encoder; an NVENC encoder is
-    kept only when its sessions fit in free VRAM (``nvenc_fits(mb)``), else software."""
-    concurrency = max(1, min(requested_concurrency, policy.render_concurrency))
+    """The concurrency setting (1..6) bounds shots waiting on a farm; the policy caps what
+    runs on this machine (ffmpeg), and picks the encoder: an NVENC encoder is kept only when
+    its sessions fit in free VRAM (``nvenc_fits(mb)``), else software."""
+    concurrency = max(1, min(requested_concurrency, MAX_CONCURRENCY))
+    local = max(1, min(concurrency, policy.render_concurrency))
     encoder: str = policy.encoder
     notes: list[str] = []
-    if encoder == NVENC_ENCODER and not nvenc_fits(NVENC_VRAM_MB * concurrency):
-        notes.append(f"not enough free VRAM for {concurrency} NVENC session(s) "
+    if encoder == NVENC_ENCODER and not nvenc_fits(NVENC_VRAM_MB * local):
+        notes.append(f"not enough free VRAM for {local} NVENC session(s) "
                      f"({NVENC_VRAM_MB} MiB each): encoding this run in software")
         encoder = SOFTWARE_ENCODER
-    return RenderEnvironment(concurrency, encoder, policy_record(policy), tuple(notes))
+    return RenderEnvironment(concurrency, local, encoder, policy_record(policy), tuple(notes))
 
 
-@dataclass(frozen=True)
+@dataclass
 class Backends:
     """The renderers a run may use, by name, and the slate that ends every ladder."""
 
     renderers: Mapping[str, RenderBackend]
     slate: SlateRenderer
+    farms: list[Farm] = field(default_factory=list)
+
+    @property
+    def generative(self) -> set[str]:
+        return {name for name, b in self.renderers.items() if isinstance(b, ComfyBackend)}
+
+    def close(self) -> None:
+        for farm in self.farms:
+            farm.close()
 
 
-def local_backends() -> Backends:
+class _Local:
+    """A local backend that takes a local slot while it renders (re-entrant per thread)."""
+
+    def __init__(self, backend: RenderBackend, slots: Slots | None) -> None:
+        self.backend, self.slots = backend, slots
+        self.name = backend.name
+
+    def render(self, job: ShotJob, out: Path) -> RenderInfo | None:
+        if self.slots is None:
+            return self.backend.render(job, out)
+        with self.slots.local.slot(job.cancel):
+            return self.backend.render(job, out)
+
+
+def local_backends(slots: Slots | None = None) -> Backends:
     """The backends every machine has: animatic, source clip, and the placeholder slate."""
-    return Backends({b.name: b for b in (AnimaticBackend(), SourceClipBackend())},
+    return Backends({b.name: _Local(b, slots) for b in (AnimaticBackend(), SourceClipBackend())},
                     SlateBackend())
+
+
+def build_backends(config: BackendsConfig | None, slots: Slots | None = None) -> Backends:
+    """The local backends plus every generative backend of ``render_backends.yaml``."""
+    backends = local_backends(slots)
+    if config is None or not config.backends:
+        return backends
+    base = Path(config.source).parent if config.source else None
+    renderers = dict(backends.renderers)
+    farms: list[Farm] = []
+    for name, cfg in config.backends.items():
+        template = load_template(cfg.workflow, relative_to=base)
+        farm = Farm.create(name, cfg)
+        farms.append(farm)
+        renderers[name] = ComfyBackend(
+            name, farm, template, prompt_timeout_s=cfg.timeout_s,
+            local_slot=(lambda cancel: slots.local.slot(cancel)) if slots else None)
+    return Backends(renderers, backends.slate, farms)
 
 
 # --------------------------------------------------------------------------- one shot
@@ -101,6 +163,7 @@ class ClipOutcome:
     record: ClipRecord
     cached: bool
     thumbnail_jpeg: bytes | None = field(default=None, repr=False)
+    parallel_slot: int = 0
 
     @property
     def shot_id(self) -> str:
@@ -131,16 +194,35 @@ def reusable_record(storage: Storage, keys: EpisodeKeys, shot_id: str,
     return record
 
 
+def preview_entry(entry: ShotPlan) -> ShotPlan:
+    """A staged shot's preview render: its preview tier's fps, resolution and backend."""
+    p = entry.preview
+    if p is None:
+        return entry
+    prefs = [p.backend] + [b for b in entry.backend_preference if b != p.backend]
+    return entry.model_copy(update={"target_fps": p.fps, "target_resolution": p.resolution,
+                                    "backend_preference": prefs})
+
+
 def render_clip(
-    storage: Storage, bundle: EpisodeBundle, entry: ShotPlan, *, backends: Backends,
-    env: RenderEnvironment, work_dir: Path, force: bool = False, run_id: str | None = None,
+    storage: Storage, bundle: EpisodeBundle, entry: ShotPlan | Callable[[], ShotPlan], *,
+    backends: Backends, env: RenderEnvironment, work_dir: Path, force: bool = False,
+    run_id: str | None = None, slots: Slots | None = None,
+    cancel: threading.Event | None = None, stage: Stage = "final",
 ) -> ClipOutcome:
-    """Render one shot (or reuse its clip), verify it, store it and write its record."""
+    """Render one shot (or reuse its clip), verify it, store it and write its record.
+
+    ``entry`` may be a callable: the plan entry is then read again when the shot really
+    starts (a re-plan mid-run applies to shots not started yet). The shot holds a slot of the
+    kind of work its first backend does for its whole render (remote for a farm, local for
+    ffmpeg: its ``parallel_slot``); local work inside it takes a local slot as well."""
+    current = entry if callable(entry) else (lambda: entry)
+    plan_entry = current()
     ep = bundle.episode
-    shot = ep.shot(entry.shot_id)
+    shot = ep.shot(plan_entry.shot_id)
     keys = EpisodeKeys(ep.key)
-    fingerprint = clip_fingerprint(shot, bundle.root, ep.format, plan_fields(entry))
     if not force:
+        fingerprint = clip_fingerprint(shot, bundle.root, ep.format, plan_fields(plan_entry))
         cached = reusable_record(storage, keys, shot.id, fingerprint)
         if cached is not None:
             preview = (storage.get_bytes(keys.thumbnail(shot.id))
@@ -152,27 +234,42 @@ def render_clip(
     probes: list[ClipProbe] = []
 
     def verify(path: Path) -> None:
-        probes.append(verify_clip(
-            path, expected_frames=expected, width=ep.format.width, height=ep.format.height,
-            fps=ep.format.fps, timeout=timeout_for(shot.duration_ms / 1000)))
+        with slots.local.slot(cancel) if slots else nullcontext():
+            probes.append(verify_clip(
+                path, expected_frames=expected, width=ep.format.width,
+                height=ep.format.height, fps=ep.format.fps,
+                timeout=timeout_for(shot.duration_ms / 1000)))
 
     out = work_dir / f"{shot.id}.mp4"
     thumb = work_dir / f"{shot.id}.jpg"
-    prefs = list(entry.backend_preference)
-    job = ShotJob(shot, bundle.root, ep.format,
-                  RenderSpec(prefs[0], float(entry.target_fps), entry.target_resolution,
-                             env.encoder), thumbnail=thumb)
-    outcome = render_shot(
-        job, out, backends=backends.renderers, backend_preference=prefs,
-        retry_budget=int(entry.retry_budget), ladder=get_ladder(entry.degrade_ladder_profile),
-        slate=backends.slate, verify=verify,
-    )
+    kind = slots.remote if slots and plan_entry.backend_preference[0] in backends.generative \
+        else (slots.local if slots else None)
+    with kind.slot(cancel) if kind else nullcontext(0) as parallel_slot:
+        plan_entry = current()  # the plan in force now that the shot starts
+        fingerprint = clip_fingerprint(shot, bundle.root, ep.format, plan_fields(plan_entry))
+        prefs = list(plan_entry.backend_preference)
+        job = ShotJob(shot, bundle.root, ep.format,
+                      RenderSpec(prefs[0], float(plan_entry.target_fps),
+                                 plan_entry.target_resolution, env.encoder),
+                      thumbnail=thumb, segment_max_ms=plan_entry.segments.max_ms,
+                      run_id=run_id or "", cancel=cancel)
+        log.info("%s starting on %s (%s stage; clip_task_id=%s/%s parallel_slot=%s)", shot.id,
+                 prefs[0], stage, ep.key, shot.id, parallel_slot, extra={
+                     "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
+                     "parallel_slot": parallel_slot})
+        outcome = render_shot(
+            job, out, backends=backends.renderers, backend_preference=prefs,
+            retry_budget=int(plan_entry.retry_budget),
+            ladder=get_ladder(plan_entry.degrade_ladder_profile), slate=backends.slate,
+            verify=verify,
+        )
     probe = probes[-1]
     size = out.stat().st_size
     digest = sha256_file(out)
     thumb_jpeg = thumb.read_bytes() if thumb.is_file() else None
     uri = storage.put_file(out, keys.clip(shot.id))
     thumb_uri = storage.put_bytes(keys.thumbnail(shot.id), thumb_jpeg) if thumb_jpeg else None
+    final = next((a for a in reversed(outcome.attempts) if a.ok), None)
     record = ClipRecord(
         episode_key=ep.key, shot_id=shot.id, status=outcome.status, fingerprint=fingerprint,
         backend=outcome.backend, fps=outcome.spec.fps, resolution=outcome.spec.resolution,
@@ -182,13 +279,24 @@ def render_clip(
         frames=probe.frames, width=probe.width, height=probe.height, delivery_fps=probe.fps,
         size_bytes=size, sha256=digest, uri=uri, thumbnail_uri=thumb_uri,
         shot_type=shot.type.value, duration_ms=shot.duration_ms,
-        segment_policy=entry.segment_policy, runtime_policy=env.policy, run_id=run_id,
+        segment_policy=plan_entry.segment_policy, segments=plan_entry.segments.count,
+        server=final.server if final else None, stage=stage, runtime_policy=env.policy,
+        run_id=run_id,
     )
     put_record(storage, keys.clip_record(shot.id), record)  # last: clip and preview exist
-    return ClipOutcome(record, False, thumb_jpeg)
+    return ClipOutcome(record, False, thumb_jpeg, parallel_slot)
 
 
 # --------------------------------------------------------------------------- many shots
+
+
+@dataclass(frozen=True)
+class PreviewReady:
+    """Yielded between the stages of a staged plan: every shot of the preview stage has a
+    clip (secondary shots at their preview tier); the final stage renders next."""
+
+    episode_key: str
+    shots: tuple[str, ...]
 
 
 def render_order(plan: ComputePlan, shot_ids: Sequence[str]) -> list[ShotPlan]:
@@ -206,49 +314,162 @@ def render_order(plan: ComputePlan, shot_ids: Sequence[str]) -> list[ShotPlan]:
                   key=lambda e: (PRIORITY_RANK.get(e.render_priority, 9), position[e.shot_id]))
 
 
-def render_clips(
-    storage: Storage, bundle: EpisodeBundle, plan: ComputePlan, shot_ids: Sequence[str], *,
-    backends: Backends, env: RenderEnvironment, work_dir: Path, force: bool = False,
-    run_id: str | None = None,
-) -> Iterator[ClipOutcome]:
-    """Render ``shot_ids`` at most ``env.concurrency`` at a time, critical and opening shots
-    first; yield each clip as it finishes.
-
-    Threads suffice: each render is an ffmpeg subprocess, so the GIL is not in the way.
-    A fatal error (disk full) cancels what has not started and is raised.
-    """
+def stage_phases(plan: ComputePlan, shot_ids: Sequence[str],
+                 final_current: Callable[[ShotPlan], bool] = lambda e: False,
+                 ) -> list[tuple[Stage, list[ShotPlan]]]:
+    """What to render in which order. A staged plan (CB4 under SLA pressure) renders its
+    preview stage first — critical and opening shots at their final tier, secondary shots at
+    their preview tier — then the final stage's secondary shots at their final tier. A
+    secondary shot whose final clip is already current needs no preview."""
     queue = render_order(plan, shot_ids)
-    total = len(queue)
+    later = [e for e in queue
+             if e.preview is not None and "final" in e.stages and not final_current(e)]
+    if not later:
+        return [("final", queue)]
+    return [("preview", [preview_entry(e) if e in later else e for e in queue]),
+            ("final", later)]
+
+
+def render_clips(
+    storage: Storage, bundle: EpisodeBundle, plan: ComputePlan | PlanHolder,
+    shot_ids: Sequence[str], *, backends: Backends, env: RenderEnvironment, work_dir: Path,
+    force: bool = False, run_id: str | None = None, slots: Slots | None = None,
+    cancel: threading.Event | None = None, stats: ClipStats | None = None,
+) -> Iterator[ClipOutcome | PreviewReady]:
+    """Render ``shot_ids``, critical and opening shots first; yield each clip as it finishes
+    (and :class:`PreviewReady` between the stages of a staged plan). Without ``slots``,
+    ``env.local_concurrency`` shots at a time.
+
+    Threads suffice: every render is a subprocess or a wait on a server. A fatal error (disk
+    full) or a stop of the caller sets ``cancel``: what has not started never starts, and
+    prompts on a farm are interrupted and taken off its queue.
+    """
+    holder = plan if isinstance(plan, PlanHolder) else PlanHolder(plan)
+    ep = bundle.episode
+    keys = EpisodeKeys(ep.key)
+
+    def final_current(e: ShotPlan) -> bool:
+        fp = clip_fingerprint(ep.shot(e.shot_id), bundle.root, ep.format, plan_fields(e))
+        return not force and reusable_record(storage, keys, e.shot_id, fp) is not None
+
+    phases = stage_phases(holder.plan, shot_ids, final_current)
+    cancel = cancel or threading.Event()
+    workers = MAX_CONCURRENCY if slots else env.local_concurrency
+    total = sum(len(entries) for _, entries in phases)
     done = 0
-    with ThreadPoolExecutor(max_workers=env.concurrency, thread_name_prefix="clip") as pool:
-        pending: set[Future[ClipOutcome]] = {
-            pool.submit(render_clip, storage, bundle, entry, backends=backends, env=env,
-                        work_dir=work_dir, force=force, run_id=run_id)
-            for entry in queue
-        }
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    outcome = fut.result()  # raises the render's fatal error, if any
-                    done += 1
-                    status = "cached" if outcome.cached else outcome.status.value
-                    log.info("[%d/%d] %s %s (%s, %.1fs)", done, total, outcome.shot_id, status,
-                             outcome.record.backend, outcome.record.render_seconds)
-                    yield outcome
-        finally:
-            for fut in pending:
-                fut.cancel()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip") as pool:
+        for number, (stage, entries) in enumerate(phases):
+            fixed = {e.shot_id for e in entries if stage == "preview" and e.preview}
+
+            def current(e: ShotPlan, fixed: set[str] = fixed) -> Callable[[], ShotPlan]:
+                if e.shot_id in fixed:
+                    return lambda: e  # a preview tier is what the plan staged: fixed
+                return lambda: holder.entry(e.shot_id)
+
+            pending: set[Future[ClipOutcome]] = {
+                pool.submit(render_clip, storage, bundle, current(e), backends=backends,
+                            env=env, work_dir=work_dir, force=force, run_id=run_id,
+                            slots=slots, cancel=cancel, stage=stage)
+                for e in entries
+            }
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        outcome = fut.result()  # raises the render's fatal error, if any
+                        done += 1
+                        if stats is not None:
+                            stats.add(outcome.record, cached=outcome.cached)
+                        _log_outcome(outcome, done, total)
+                        yield outcome
+            finally:
+                if pending:
+                    cancel.set()
+                for fut in pending:
+                    fut.cancel()
+            if number + 1 < len(phases):
+                yield PreviewReady(bundle.episode.key, tuple(e.shot_id for e in entries))
+    if stats is not None and slots is not None:
+        stats.peak_local = max(stats.peak_local, slots.local.peak)
+        stats.peak_remote = max(stats.peak_remote, slots.remote.peak)
+
+
+def _log_outcome(outcome: ClipOutcome, done: int, total: int) -> None:
+    status = "cached" if outcome.cached else outcome.status.value
+    rec = outcome.record
+    where = f", {rec.server}" if rec.server and not outcome.cached else ""
+    stage = " [preview tier]" if rec.stage == "preview" else ""
+    log.info("[%d/%d] %s %s%s (%s%s, %.1fs)", done, total, outcome.shot_id, status, stage,
+             rec.backend, where, rec.render_seconds, extra={
+                 "clip_task_id": f"{rec.episode_key}/{rec.shot_id}", "clip_status": status,
+                 "parallel_slot": outcome.parallel_slot})
 
 
 def render_episode_clips(
     storage: Storage, bundle: EpisodeBundle, plan: ComputePlan, shot_ids: Sequence[str],
     **kwargs: Any,
 ) -> list[ClipOutcome]:
-    """:func:`render_clips` to the end; the outcomes in the episode's shot order."""
+    """:func:`render_clips` to the end; each shot's last clip, in the episode's order."""
     order = {s.id: i for i, s in enumerate(bundle.episode.shots)}
-    return sorted(render_clips(storage, bundle, plan, shot_ids, **kwargs),
-                  key=lambda o: order.get(o.shot_id, len(order)))
+    last: dict[str, ClipOutcome] = {}
+    for item in render_clips(storage, bundle, plan, shot_ids, **kwargs):
+        if isinstance(item, ClipOutcome):
+            last[item.shot_id] = item
+    return sorted(last.values(), key=lambda o: order.get(o.shot_id, len(order)))
+
+
+@dataclass
+class ClipsRun:
+    """Everything one clips step renders with: the environment, the live slots, the backends
+    (farms included), a stop signal, and the run's ``clip_stats``."""
+
+    env: RenderEnvironment
+    slots: Slots
+    backends: Backends
+    run_id: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stats: ClipStats = field(default_factory=ClipStats)
+    revision: Callable[[], int] | None = None  # the runtime policy's revision, live
+
+    def render(self, storage: Storage, bundle: EpisodeBundle, plan: ComputePlan,
+               shot_ids: Sequence[str], *, work_dir: Path, force: bool = False,
+               replan: Callable[[], ComputePlan] | None = None,
+               ) -> tuple[PlanHolder, Iterator[ClipOutcome | PreviewReady]]:
+        """The episode's renders, and the plan holder (its ``drain()`` gives the plans made
+        mid-run when the policy changed)."""
+        holder = PlanHolder(plan, revision=self.revision, replan=replan)
+        return holder, render_clips(
+            storage, bundle, holder, shot_ids, backends=self.backends, env=self.env,
+            work_dir=work_dir, force=force, run_id=self.run_id, slots=self.slots,
+            cancel=self.cancel, stats=self.stats)
+
+    def farm_stats(self) -> dict[str, dict[str, Any]]:
+        return {farm.name: farm.stats() for farm in self.backends.farms}
+
+
+@contextmanager
+def clips_run(
+    policy: ExecutionPolicy, *, concurrency: int, home: Path | None,
+    backends_config: BackendsConfig | None, nvenc_fits: Callable[[int], bool],
+    run_id: str | None = None, live_policy: Callable[[], ExecutionPolicy] | None = None,
+    revision: Callable[[], int] | None = None,
+) -> Iterator[ClipsRun]:
+    """Set up a clips step; on the way out (normally or not) stop what still runs.
+
+    ``live_policy``: the policy in force now (the local cap follows it while the step runs);
+    ``revision``: the monitor state's revision (a change re-plans the shots not started)."""
+    env = render_environment(policy, requested_concurrency=concurrency, nvenc_fits=nvenc_fits)
+    local_cap: Callable[[], int] = (
+        (lambda: max(1, live_policy().render_concurrency)) if live_policy
+        else (lambda: env.local_concurrency))
+    slots = Slots.create(LiveConcurrency(home, env.concurrency), local_cap)
+    backends = build_backends(backends_config, slots)
+    run = ClipsRun(env, slots, backends, run_id, revision=revision)
+    try:
+        yield run
+    finally:
+        run.cancel.set()
+        backends.close()
 
 
 def read_clip_records(storage: Storage, bundle: EpisodeBundle) -> dict[str, ClipRecord]:

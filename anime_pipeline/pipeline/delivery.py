@@ -59,10 +59,12 @@ def episode_clips(storage: Storage, bundle: EpisodeBundle) -> list[ClipRecord]:
 
 def write_composite(
     storage: Storage, bundle: EpisodeBundle, *, work_dir: Path, burn_subtitles: bool = False,
+    preview: bool = False,
 ) -> CompositeOutcome:
     """Concatenate the clips in episode order (a stream copy when they share one encoder),
     mux the mix cut or padded to the episode, add the subtitles, verify the result, and make
-    a contact sheet with one labelled tile per shot."""
+    a contact sheet with one labelled tile per shot. ``preview``: the preview cut of a
+    staged plan (its own file, marked as such, no sheet, the final composite untouched)."""
     ep = bundle.episode
     keys = EpisodeKeys(ep.key)
     clips = episode_clips(storage, bundle)
@@ -93,17 +95,20 @@ def write_composite(
     tiles = [(c.shot_id, storage.fetch(keys.thumbnail(c.shot_id))) for c in clips
              if storage.exists(keys.thumbnail(c.shot_id))]
     sheet_jpeg = None
-    if tiles:
+    if tiles and not preview:
         contact_sheet(tiles, sheet, work_dir=work_dir / "sheet",
                       timeout=timeout_for(len(tiles) * 0.2))
         sheet_jpeg = sheet.read_bytes()
     size = out.stat().st_size
     digest = sha256_file(out)
-    storage.put_file(srt, keys.subtitles_srt)
-    storage.put_file(ass, keys.subtitles_ass)
-    if sheet_jpeg is not None:
-        storage.put_bytes(keys.contact_sheet, sheet_jpeg)
-    uri = storage.put_file(out, keys.composite)
+    if preview:
+        uri = storage.put_file(out, keys.preview_composite)
+    else:
+        storage.put_file(srt, keys.subtitles_srt)
+        storage.put_file(ass, keys.subtitles_ass)
+        if sheet_jpeg is not None:
+            storage.put_bytes(keys.contact_sheet, sheet_jpeg)
+        uri = storage.put_file(out, keys.composite)
     record = CompositeRecord(
         episode_key=ep.key, uri=uri, sha256=digest, size_bytes=size,
         duration_ms=ep.duration_ms, probed_duration_s=result.duration_s,
@@ -114,10 +119,11 @@ def write_composite(
                  for s in result.streams],
         subtitle_cues=len(cues), subtitle_language=language, burned_in=burn,
         video_copied=result.video_copied, clip_encoders=encoders,
-        clips=[ClipRef(shot_id=c.shot_id, sha256=c.sha256, status=c.status) for c in clips],
-        compose_seconds=round(time.perf_counter() - t0, 3),
+        clips=[ClipRef(shot_id=c.shot_id, sha256=c.sha256, status=c.status, stage=c.stage)
+               for c in clips],
+        compose_seconds=round(time.perf_counter() - t0, 3), preview=preview,
     )
-    put_record(storage, keys.composite_record, record)
+    put_record(storage, keys.preview_record if preview else keys.composite_record, record)
     return CompositeOutcome(record, sheet_jpeg)
 
 

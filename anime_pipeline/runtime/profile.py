@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 
@@ -118,6 +119,9 @@ class BackendProbe(BaseModel):
     latency_ms: float | None = None
     error: str | None = None
     loopback: bool = False  # served from this machine (e.g. a local ComfyUI on this GPU)
+    # Configured to render (render_backends.yaml gives it a kind and a workflow); a server
+    # named only by ANIME_PIPELINE_BACKENDS is probed and shown, never planned for.
+    renderable: bool = True
 
 
 class DiskInfo(BaseModel):
@@ -168,7 +172,9 @@ class RuntimeProfile(BaseModel):
 
     @property
     def reachable_backends(self) -> list[str]:
-        return [b.name for b in self.backends if b.reachable]
+        """Backends that can render: configured, with at least one server that answered."""
+        return list(dict.fromkeys(b.name for b in self.backends
+                                  if b.reachable and b.renderable))
 
     # ----------------------------------------------------------------- detection
 
@@ -176,15 +182,20 @@ class RuntimeProfile(BaseModel):
     def detect(
         cls,
         storage_root: Path | None = None,
-        remote_backends: dict[str, str] | None = None,
+        remote_backends: Mapping[str, str | Sequence[str]] | None = None,
         *,
         probe_timeout_s: float = BACKEND_PROBE_TIMEOUT_S,
         test_nvenc: bool = True,
+        renderable: Mapping[str, Sequence[str]] | None = None,
     ) -> RuntimeProfile:
+        """``remote_backends``: servers to probe by backend name (default
+        ``$ANIME_PIPELINE_BACKENDS``); ``renderable``: those configured to render (their
+        ComfyUI servers are probed on ``/system_stats``)."""
         if remote_backends is None:
             remote_backends = backends_from_env()
+        targets = _probe_targets(remote_backends, renderable or {})
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-            backends_f = pool.submit(probe_backends, remote_backends, probe_timeout_s)
+            backends_f = pool.submit(probe_backends, targets, probe_timeout_s)
             software_f = pool.submit(detect_software)
             gpu = detect_gpus(test_nvenc=test_nvenc)
             software = software_f.result()
@@ -273,7 +284,13 @@ def classify(
             local = ProfileClass.LOCAL_CPU_ONLY
             rule = f"< {VRAM_LOW_GIB} GiB, too small for generative rendering"
         reasons.append(f"largest GPU {best.name} has {gib:.1f} GiB VRAM ({rule})")
-    reachable = [b.name for b in backends if b.reachable]
+    reachable = list(dict.fromkeys(b.name for b in backends if b.reachable and b.renderable))
+    unconfigured = sorted({b.name for b in backends if b.reachable and not b.renderable}
+                          - set(reachable))
+    if unconfigured:
+        reasons.append(
+            f"render backend(s) {', '.join(unconfigured)} answered but are not configured to "
+            "render (no render_backends.yaml entry): not planned for")
     if reachable and local != ProfileClass.LOCAL_GPU_HIGH:
         reasons.append(
             f"render backend(s) {', '.join(reachable)} configured and reachable; "
@@ -285,10 +302,9 @@ def classify(
             f"render backend(s) {', '.join(reachable)} reachable, kept as fallback: "
             "a 16 GB local GPU takes precedence over CLOUD_HYBRID"
         )
-    elif backends:
-        reasons.append(
-            f"configured backend(s) {', '.join(b.name for b in backends)} did not answer"
-        )
+    elif any(b.renderable for b in backends):
+        names = ", ".join(dict.fromkeys(b.name for b in backends if b.renderable))
+        reasons.append(f"configured backend(s) {names} did not answer")
     return local, local, reasons
 
 
@@ -419,8 +435,27 @@ def backends_from_env() -> dict[str, str]:
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
-def probe_backend(name: str, url: str, timeout_s: float = BACKEND_PROBE_TIMEOUT_S) -> BackendProbe:
-    """GET ``url`` with a short timeout. Any HTTP answer below 500 means "reachable"."""
+def _probe_targets(remote: Mapping[str, str | Sequence[str]],
+                   renderable: Mapping[str, Sequence[str]]) -> list[tuple[str, str, str, bool]]:
+    """(name, url, path, renderable) to probe: configured servers on /system_stats, the
+    others on their URL."""
+    out: list[tuple[str, str, str, bool]] = []
+    seen: set[tuple[str, str]] = set()
+    for name, urls in renderable.items():
+        for url in urls:
+            seen.add((name, url.rstrip("/")))
+            out.append((name, url.rstrip("/"), "/system_stats", True))
+    for name, value in remote.items():
+        for url in ([value] if isinstance(value, str) else list(value)):
+            if (name, url.rstrip("/")) not in seen:
+                out.append((name, url, "", False))
+    return out
+
+
+def probe_backend(name: str, url: str, timeout_s: float = BACKEND_PROBE_TIMEOUT_S, *,
+                  path: str = "", renderable: bool = True) -> BackendProbe:
+    """GET ``url`` + ``path`` with a short timeout. Any HTTP answer below 500 means
+    "reachable"."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         return BackendProbe(name=name, url=url, reachable=False, error="not an http(s) URL")
@@ -428,7 +463,8 @@ def probe_backend(name: str, url: str, timeout_s: float = BACKEND_PROBE_TIMEOUT_
     if (parsed.hostname or "") in _LOOPBACK:
         handlers.append(urllib.request.ProxyHandler({}))  # never send loopback to a proxy
     opener = urllib.request.build_opener(*handlers)
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "anime-pipeline"})
+    request = urllib.request.Request(url.rstrip("/") + path if path else url, method="GET",
+                                     headers={"User-Agent": "anime-pipeline"})
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
@@ -452,16 +488,23 @@ def probe_backend(name: str, url: str, timeout_s: float = BACKEND_PROBE_TIMEOUT_
         latency_ms=latency,
         error=error,
         loopback=(parsed.hostname or "") in _LOOPBACK,
+        renderable=renderable,
     )
 
 
 def probe_backends(
-    backends: dict[str, str], timeout_s: float = BACKEND_PROBE_TIMEOUT_S
+    targets: Mapping[str, str] | Sequence[tuple[str, str, str, bool]],
+    timeout_s: float = BACKEND_PROBE_TIMEOUT_S,
 ) -> list[BackendProbe]:
-    if not backends:
+    """Probe ``{name: url}`` (renderable, on the URL itself) or (name, url, path, renderable)
+    targets concurrently."""
+    items = ([(n, u, "", True) for n, u in targets.items()] if isinstance(targets, Mapping)
+             else list(targets))
+    if not items:
         return []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(backends))) as pool:
-        futures = [pool.submit(probe_backend, n, u, timeout_s) for n, u in backends.items()]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        futures = [pool.submit(probe_backend, n, u, timeout_s, path=p, renderable=r)
+                   for n, u, p, r in items]
         return [f.result() for f in futures]
 
 

@@ -36,16 +36,26 @@ def load_profile(
     storage_root: Path | None = None,
     remote_backends: dict[str, str] | None = None,
 ) -> RuntimeProfile:
-    """The saved profile; detected (and saved) when missing, unreadable or older than max_age_s."""
-    path = profile_path(state_dir if state_dir is not None else default_state_dir())
+    """The saved profile; detected (and saved) when missing, unreadable, older than
+    ``max_age_s``, or older than the folder's ``render_backends.yaml`` (whose servers it
+    probes as the backends that can render)."""
+    from anime_pipeline.backends.config import backends_file, load_backends
+
+    folder = Path(state_dir) if state_dir is not None else default_state_dir()
+    path = profile_path(folder)
+    config_file = backends_file(folder)
     if path.is_file():
         try:
             profile = RuntimeProfile.load(path)
-            if max_age_s is None or time.time() - profile.detected_at <= max_age_s:
+            fresh = max_age_s is None or time.time() - profile.detected_at <= max_age_s
+            config_older = (not config_file.exists()
+                            or config_file.stat().st_mtime <= profile.detected_at)
+            if fresh and config_older:
                 return profile
         except ValueError:
             pass
-    profile = RuntimeProfile.detect(storage_root=storage_root, remote_backends=remote_backends)
+    profile = RuntimeProfile.detect(storage_root=storage_root, remote_backends=remote_backends,
+                                    renderable=load_backends(folder).urls())
     profile.save(path)
     return profile
 

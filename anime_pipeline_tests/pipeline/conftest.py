@@ -20,7 +20,7 @@ from anime_pipeline_tests.conftest import minimal_episode
 
 POLICY = PolicyRecord(name="TEST/baseline", profile_class="LOCAL_CPU_ONLY", encoder="libx264",
                       render_concurrency=2)
-ENV = RenderEnvironment(concurrency=2, encoder="libx264", policy=POLICY)
+ENV = RenderEnvironment(concurrency=2, local_concurrency=2, encoder="libx264", policy=POLICY)
 
 
 @dataclass

@@ -139,7 +139,8 @@ def test_render_environment_caps_concurrency_and_falls_back_to_software() -> Non
     gpu_policy = ExecutionPolicyResolver().resolve(make_profile(vram_gib=[24.0], nvenc=True))
     assert gpu_policy.encoder == "h264_nvenc"
     env = render_environment(gpu_policy, requested_concurrency=64, nvenc_fits=lambda mb: False)
-    assert env.encoder == "libx264" and env.concurrency == gpu_policy.render_concurrency
+    assert env.encoder == "libx264" and env.concurrency == 6  # the setting's ceiling
+    assert env.local_concurrency == min(6, gpu_policy.render_concurrency)
     assert env.notes and "software" in env.notes[0]
     fits = render_environment(gpu_policy, requested_concurrency=1, nvenc_fits=lambda mb: True)
-    assert fits.encoder == "h264_nvenc" and fits.concurrency == 1 and not fits.notes
+    assert fits.encoder == "h264_nvenc" and fits.local_concurrency == 1 and not fits.notes

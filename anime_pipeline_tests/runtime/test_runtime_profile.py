@@ -113,10 +113,12 @@ def test_gpu_machine_is_detected_through_nvml(here: RuntimeProfile) -> None:
 
 
 def test_reachable_backend_on_loopback_makes_cloud_hybrid(http_backend: str) -> None:
+    """A configured backend (render_backends.yaml) is probed on its servers' /system_stats."""
     profile = RuntimeProfile.detect(
-        remote_backends={"comfyui_i2v": f"{http_backend}/system_stats"}, test_nvenc=False
+        remote_backends={}, renderable={"comfyui_i2v": [http_backend]}, test_nvenc=False
     )
     [probe] = profile.backends
+    assert probe.url == http_backend and probe.renderable
     assert probe.reachable and probe.status == 200 and probe.loopback
     assert probe.latency_ms is not None and probe.latency_ms >= 0
     if profile.local_class != ProfileClass.LOCAL_GPU_HIGH:
@@ -137,10 +139,16 @@ def test_unreachable_and_broken_backends_do_not_count(http_backend: str) -> None
 
 
 def test_backends_from_env(monkeypatch: pytest.MonkeyPatch, http_backend: str) -> None:
+    """ANIME_PIPELINE_BACKENDS alone names servers to probe, never servers to plan for: a
+    reachable one without a render_backends.yaml entry is shown, and said to be unused."""
     monkeypatch.setenv("ANIME_PIPELINE_BACKENDS", f"comfyui_i2v={http_backend}/, ,bad,wan_i2v=")
     assert backends_from_env() == {"comfyui_i2v": f"{http_backend}/"}
     profile = RuntimeProfile.detect(test_nvenc=False)
-    assert profile.reachable_backends == ["comfyui_i2v"]
+    [probe] = profile.backends
+    assert probe.reachable and not probe.renderable
+    assert profile.reachable_backends == []
+    assert profile.profile_class != ProfileClass.CLOUD_HYBRID
+    assert any("not configured to render" in r for r in profile.class_reasons)
 
 
 # --------------------------------------------------------------------------- classes
