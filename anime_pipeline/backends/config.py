@@ -95,12 +95,13 @@ def backends_file(home: Path, environ: Mapping[str, str] | None = None) -> Path:
     return Path(explicit).expanduser().absolute() if explicit else home / BACKENDS_FILE
 
 
-def _problems(file: str, err: ValidationError) -> str:
+def _problems(file: str, name: str, err: ValidationError) -> str:
+    """One line per problem: ``<file>: <backend>.<field path>: <what is wrong>``."""
     lines = []
     for e in err.errors(include_url=False):
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{file}: {where.lstrip('.')}: {msg}")
+        lines.append(f"{file}: {name}{where}: {msg}")
     return "\n".join(lines)
 
 
@@ -128,7 +129,7 @@ def parse_backends(text: str, *, source: str = BACKENDS_FILE) -> BackendsConfig:
         try:
             out[name] = ComfyBackendConfig.model_validate(body)
         except ValidationError as e:
-            problems.append(_problems(f"{source}: {name}", e))
+            problems.append(_problems(source, name, e))
     if problems:
         raise BackendsConfigError("\n".join(problems))
     unknown = sorted(set(out) - set(GENERATIVE_BACKENDS))

@@ -6,6 +6,7 @@ Settings reach the jobs as resources and run config, never as environment variab
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -34,6 +35,7 @@ from anime_pipeline.logs import JsonFormatter, json_format
 from anime_pipeline.pipeline import catalog
 from anime_pipeline.pipeline.clips import read_clip_records
 from anime_pipeline.pipeline.planning import read_compute_plan
+from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
 from anime_pipeline.runtime import nvml
 from anime_pipeline.settings import PipelineConfig
 from anime_pipeline.storage import EpisodeKeys, LocalStore, Storage
@@ -55,6 +57,18 @@ class RenderFailed(RuntimeError):
         self.stage, self.run_id, self.reason = stage, run_id, reason
 
 
+class ClipSummary(BaseModel):
+    """One shot of ``render --json``: how its clip was made."""
+
+    shot_id: str
+    status: str
+    backend: str
+    server: str | None = None  # the ComfyUI server that generated it, for generative shots
+    segments: int = 1
+    render_seconds: float
+    reason: str | None = None
+
+
 class RenderReport(BaseModel):
     """What ``render --json`` prints."""
 
@@ -69,6 +83,8 @@ class RenderReport(BaseModel):
     placeholder_shots: list[str]
     degraded_shots: list[str]
     reaped_runs: list[str]
+    clips: list[ClipSummary]
+    clip_stats: dict[str, Any]  # the render run's clip_stats tag (mean/P95/max, failures...)
     run_ids: dict[str, str]
     instance: str
     pipeline_home: str
@@ -215,11 +231,23 @@ def render_episode(
         placeholder_shots=placeholders,
         degraded_shots=degraded,
         reaped_runs=[r.run_id for r in reaped],
+        clips=[ClipSummary(shot_id=s, status=records[s].status.value,
+                           backend=records[s].backend, server=records[s].server,
+                           segments=records[s].segments,
+                           render_seconds=records[s].render_seconds,
+                           reason=records[s].summary) for s in shot_ids],
+        clip_stats=_clip_stats(instance, run_ids.get("render_clips")),
         run_ids=run_ids,
         instance=instance_home,
         pipeline_home=str(config.home),
         seconds=round(time.perf_counter() - t0, 2),
     )
+
+
+def _clip_stats(instance: dg.DagsterInstance, run_id: str | None) -> dict[str, Any]:
+    run = instance.get_run_by_id(run_id) if run_id else None
+    raw = run.tags.get(CLIP_STATS_TAG) if run else None
+    return json.loads(raw) if raw else {}
 
 
 def stderr_say(msg: str) -> None:

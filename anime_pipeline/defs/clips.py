@@ -40,6 +40,7 @@ from anime_pipeline.instance import claim_run_worker
 from anime_pipeline.media.ffmpeg import ffmpeg_info
 from anime_pipeline.pipeline import catalog, delivery, planning
 from anime_pipeline.pipeline import clips as clip_cases
+from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
 from anime_pipeline.runtime.monitor import StateStore
 from anime_pipeline.runtime.policy import policy_record
 from anime_pipeline.storage import Storage
@@ -179,7 +180,7 @@ def clips(
         stats = run.stats.as_dict()
         farms = run.farm_stats()
     context.instance.add_run_tags(context.run.run_id, {
-        "anime_pipeline/clip_stats": json.dumps(
+        CLIP_STATS_TAG: json.dumps(
             {k: stats[k] for k in ("clips", "mean_s", "p95_s", "max_s", "failed_attempts",
                                    "degraded", "placeholders", "cached")}, sort_keys=True)})
     yield dg.AssetObservation(asset_key=CLIPS_KEY, metadata={

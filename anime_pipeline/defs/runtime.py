@@ -37,7 +37,7 @@ from anime_pipeline.runtime.monitor import (
 )
 from anime_pipeline.runtime.policy import ExecutionPolicy
 from anime_pipeline.runtime.profile import RuntimeProfile
-from anime_pipeline.runtime.state import load_profile, policy_for, profile_path
+from anime_pipeline.runtime.state import detect_profile, load_profile, policy_for, profile_path
 
 RUNTIME_GROUP = "runtime"
 RUNTIME_PROFILE_KEY = dg.AssetKey("runtime_profile")
@@ -126,7 +126,7 @@ def runtime_profile(
     context: dg.AssetExecutionContext, runtime: RuntimePolicyResource
 ) -> dg.MaterializeResult:
     sd = Path(runtime.state_dir)
-    profile = RuntimeProfile.detect(storage_root=sd)
+    profile = detect_profile(sd, storage_root=sd)
     profile.save(profile_path(sd))
     state = StateStore(sd).load()
     policy = policy_for(profile, state)

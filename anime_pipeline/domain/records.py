@@ -161,6 +161,9 @@ class Usage(Record):
     video_sec: float = 0.0
     wall_sec: float = 0.0
     gpu_sec: float | None = None  # the server's own execution time, when it reports one
+    # ok: the call delivered; failed / lost / interrupted: it ran (and may have cost) but
+    # delivered nothing (frames and video_sec are then 0).
+    outcome: Literal["ok", "failed", "lost", "interrupted"] = "ok"
 
 
 class RenderAttempt(Record):

@@ -447,6 +447,29 @@ def _cap(text: str, limit: int = SHORT_REASON_MAX) -> str:
     return cut.rstrip(" ,;:.-") + "…"
 
 
+def _comfy_reason(flat: str, backend: str | None) -> str | None:
+    """A ComfyUI server's answer, said as what happened to the shot (its text may mention
+    ffmpeg or libx264 from the server's side: never "render failed (ffmpeg error)")."""
+    name = backend or "comfyui"
+    if m := re.search(r"workflow (\S+) cannot run on \S+?:? (.*)", flat):
+        what = "a model file" if "is not on the server" in m.group(2) else "a node"
+        return _cap(f"workflow {m.group(1)} needs {what} the server lacks")
+    if m := re.search(r"rejected workflow \S+: node (\S+) \(([\w.]+)\)(?: input (\w+))?", flat):
+        where = f"node {m.group(1)} {m.group(2)}" + (f" {m.group(3)}" if m.group(3) else "")
+        return _cap(f"backend {name} rejected the workflow ({where})")
+    if m := re.search(r"ComfyUI at \S+: node (\S+) \(([\w.]+)\) failed", flat):
+        return _cap(f"backend {name} failed on the server (node {m.group(1)} {m.group(2)})")
+    if m := re.search(r"prompt \S+ on \S+ still running after ([\d.]+) s", flat):
+        return _cap(f"backend {name}: no result within {m.group(1)} s")
+    if re.search(r"no server can take the shot", flat):
+        return _cap(f"backend {name}: no server available")
+    if re.search(r"ComfyUI at \S+.*(closed|dropped) the websocket", flat):
+        return _cap(f"backend {name} lost its server mid-shot")
+    if re.search(r"ComfyUI at \S+ .*wrote no video", flat):
+        return _cap(f"backend {name} returned no video")
+    return None
+
+
 def short_reason(full_reason: str) -> str:
     """A one-line, producer-readable reason for the slate; never a raw ffmpeg dump.
 
@@ -484,6 +507,8 @@ def short_reason(full_reason: str) -> str:
             if source or not backend:
                 return f"source footage unreachable ({phrase})"
             return _cap(f"backend {backend} unreachable ({phrase})")
+    if comfy := _comfy_reason(flat, backend):
+        return comfy
     if re.search(r"has no keyframe", flat, re.I):
         return "shot has no keyframe"
     if re.search(r"has no source", flat, re.I):

@@ -369,7 +369,8 @@ def render_clips(
             pending: set[Future[ClipOutcome]] = {
                 pool.submit(render_clip, storage, bundle, current(e), backends=backends,
                             env=env, work_dir=work_dir, force=force, run_id=run_id,
-                            slots=slots, cancel=cancel, stage=stage)
+                            slots=slots, cancel=cancel,
+                            stage="preview" if e.shot_id in fixed else "final")
                 for e in entries
             }
             try:
@@ -430,6 +431,7 @@ class ClipsRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     stats: ClipStats = field(default_factory=ClipStats)
     revision: Callable[[], int] | None = None  # the runtime policy's revision, live
+    replan_poll_s: float = 5.0  # how often the revision is looked at while shots start
 
     def render(self, storage: Storage, bundle: EpisodeBundle, plan: ComputePlan,
                shot_ids: Sequence[str], *, work_dir: Path, force: bool = False,
@@ -437,7 +439,8 @@ class ClipsRun:
                ) -> tuple[PlanHolder, Iterator[ClipOutcome | PreviewReady]]:
         """The episode's renders, and the plan holder (its ``drain()`` gives the plans made
         mid-run when the policy changed)."""
-        holder = PlanHolder(plan, revision=self.revision, replan=replan)
+        holder = PlanHolder(plan, revision=self.revision, replan=replan,
+                            poll_s=self.replan_poll_s)
         return holder, render_clips(
             storage, bundle, holder, shot_ids, backends=self.backends, env=self.env,
             work_dir=work_dir, force=force, run_id=self.run_id, slots=self.slots,

@@ -25,6 +25,7 @@ from typing import Any
 from anime_pipeline.domain.records import ClipRecord, ClipStatus
 
 MAX_CONCURRENCY = 6
+CLIP_STATS_TAG = "anime_pipeline/clip_stats"  # the run tag a clips run records its stats in
 SETTINGS_FILE = "render_settings.json"
 POLL_S = 2.0
 

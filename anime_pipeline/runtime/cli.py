@@ -29,6 +29,7 @@ from anime_pipeline.runtime.monitor import (
 from anime_pipeline.runtime.profile import RuntimeProfile
 from anime_pipeline.runtime.state import (
     default_state_dir,
+    detect_profile,
     load_profile,
     policy_for,
     profile_path,
@@ -58,7 +59,7 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    profile = RuntimeProfile.detect(storage_root=_state_dir(args))
+    profile = detect_profile(_state_dir(args), storage_root=_state_dir(args))
     if args.save:
         profile.save(Path(args.save))
     if args.json:
@@ -167,7 +168,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     sd = _state_dir(args)
-    profile = RuntimeProfile.detect(storage_root=sd)
+    profile = detect_profile(sd, storage_root=sd)
     profile.save(profile_path(sd))
     state = StateStore(sd).load()
     if args.json:

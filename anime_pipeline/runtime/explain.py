@@ -249,10 +249,11 @@ def _improve(p: RuntimeProfile, lang: str) -> list[str]:
         out.append(
             _t(
                 lang,
-                "Or a remote render backend: set ANIME_PIPELINE_BACKENDS="
-                '"comfyui_i2v=http://host:8188" and make sure it answers.',
-                "或者配置远程渲染后端：设置 ANIME_PIPELINE_BACKENDS="
-                '"comfyui_i2v=http://host:8188" 并确保其可访问。',
+                "Or a ComfyUI render farm: list its servers in render_backends.yaml in "
+                "the pipeline home (see the README, 'Generative backends') and make sure "
+                "they answer.",
+                "或者配置 ComfyUI 渲染农场：在 pipeline home 的 render_backends.yaml 中列出其"
+                "服务器（见 README「Generative backends」），并确保其可访问。",
             )
         )
     elif cls == "LOCAL_GPU_LOW":

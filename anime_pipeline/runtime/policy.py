@@ -66,8 +66,11 @@ CLASS_DEFAULTS: dict[ProfileClass, ClassDefaults] = {
     ProfileClass.LOCAL_CPU_ONLY: ClassDefaults(
         render_concurrency=4, max_resolution="720p", max_fps=24, cpu_bound=True
     ),
+    # Generation runs on the farm; what runs here (stitching, conforming, verifying) is ffmpeg
+    # on this machine's cores. Shots waiting on the farm are bounded by the concurrency
+    # setting instead (pipeline.scheduling), not by this.
     ProfileClass.CLOUD_HYBRID: ClassDefaults(
-        render_concurrency=4, max_resolution="1080p", max_fps=24, cpu_bound=False
+        render_concurrency=4, max_resolution="1080p", max_fps=24, cpu_bound=True
     ),
 }
 

@@ -39,7 +39,7 @@ def load_profile(
     """The saved profile; detected (and saved) when missing, unreadable, older than
     ``max_age_s``, or older than the folder's ``render_backends.yaml`` (whose servers it
     probes as the backends that can render)."""
-    from anime_pipeline.backends.config import backends_file, load_backends
+    from anime_pipeline.backends.config import backends_file
 
     folder = Path(state_dir) if state_dir is not None else default_state_dir()
     path = profile_path(folder)
@@ -54,10 +54,21 @@ def load_profile(
                 return profile
         except ValueError:
             pass
-    profile = RuntimeProfile.detect(storage_root=storage_root, remote_backends=remote_backends,
-                                    renderable=load_backends(folder).urls())
+    profile = detect_profile(folder, storage_root=storage_root,
+                             remote_backends=remote_backends)
     profile.save(path)
     return profile
+
+
+def detect_profile(state_dir: Path, *, storage_root: Path | None = None,
+                   remote_backends: dict[str, str] | None = None) -> RuntimeProfile:
+    """Detect the machine now, probing the servers of the folder's ``render_backends.yaml``
+    as the backends that can render (every detection goes through here)."""
+    from anime_pipeline.backends.config import load_backends
+
+    return RuntimeProfile.detect(storage_root=storage_root,
+                                 remote_backends=remote_backends,
+                                 renderable=load_backends(state_dir).urls())
 
 
 def policy_for(

@@ -272,6 +272,22 @@ def test_layout_matches_what_drawtext_draws(tmp_path: Path) -> None:
     ("source_clip: FfmpegError: ffmpeg failed (exit 1): [tls @ 0x1] Connection timed out",
      "source footage unreachable (connection timed out)"),
     ("", "no reason given"),
+    # ComfyUI's answers: what happened to the shot, never "ffmpeg error" for the server's codec
+    ("comfyui_i2v: ExecutionFailed: ComfyUI at http://127.0.0.1:8188: node 6 (SaveVideo) "
+     "failed: ExternalError: avcodec_open2(\"libx264\") failed",
+     "backend comfyui_i2v failed on the server (node 6 SaveVideo)"),
+    ("comfyui_i2v: PromptRejected: ComfyUI at http://127.0.0.1:8188 rejected workflow w: node 4 "
+     "(ImageAddNoise) input strength: Value 50.0 bigger than max of 1.0 (strength)",
+     "backend comfyui_i2v rejected the workflow (node 4 ImageAddNoise strength)"),
+    ("comfyui_i2v: TemplateMismatch: workflow wan_i2v cannot run on http://h:8188: node 37 "
+     "(UNETLoader): unet_name 'w.safetensors' is not on the server (it has: none)",
+     "workflow wan_i2v needs a model file the server lacks"),
+    ("comfyui_i2v: TemplateMismatch: workflow mine cannot run on http://h:8188: node 4: class "
+     "NoSuchNode is not installed", "workflow mine needs a node the server lacks"),
+    ("comfyui_i2v: FarmExhausted: comfyui_i2v: no server can take the shot (http://a: down)",
+     "backend comfyui_i2v: no server available"),
+    ("comfyui_i2v: PromptTimeout: prompt 1f2e on http://a:8188 still running after 30 s: "
+     "interrupted", "backend comfyui_i2v: no result within 30 s"),
     ("wan_i2v: RuntimeError: prompt rejected by the safety filter", "wan_i2v: prompt rejected "
      "by the safety filter"),
 ])

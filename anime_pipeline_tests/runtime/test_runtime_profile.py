@@ -231,5 +231,5 @@ def test_explain_every_class(lang: str) -> None:
         assert p.profile_class.value in text
         assert len(text.splitlines()) >= 12
     cpu_zh = explain_profile(make_profile(), "zh")
-    assert "NVIDIA" in cpu_zh and "ANIME_PIPELINE_BACKENDS" in cpu_zh
+    assert "NVIDIA" in cpu_zh and "render_backends.yaml" in cpu_zh
     assert "NVENC" in explain_profile(make_profile(vram_gib=[8.0], nvenc=False), lang)

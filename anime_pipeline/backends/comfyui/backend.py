@@ -26,10 +26,11 @@ from anime_pipeline.backends.comfyui.client import (
     Cancelled,
     ComfyError,
     PromptRejected,
+    PromptTimeout,
     ServerLost,
     output_files,
 )
-from anime_pipeline.backends.comfyui.farm import Farm, Server
+from anime_pipeline.backends.comfyui.farm import Farm, FarmExhausted, Server
 from anime_pipeline.backends.comfyui.prompts import positive_prompt
 from anime_pipeline.backends.comfyui.templates import (
     TemplateMismatch,
@@ -70,6 +71,7 @@ class ComfyBackend:
     prompt_timeout_s: float = 1800.0
     # How local ffmpeg work (stitching, conforming) takes a slot of the machine's cores.
     local_slot: Callable[[threading.Event | None], AbstractContextManager[object]] | None = None
+    # The prefix of every prompt's client id (one per prompt; see ``_run``).
     client_id: str = field(default_factory=lambda: f"anime-pipeline-{uuid.uuid4().hex[:12]}")
 
     # ----------------------------------------------------------------- the plan's shape
@@ -99,7 +101,7 @@ class ComfyBackend:
         fps = self.generation_fps(job)
         width, height = self.template.limits.size_for(*job.generation_size)
         usage: list[Usage] = []
-        servers: list[str] = []
+        servers: list[str] = []  # the server of each prompt (the last one tried on failure)
         parts: list[tuple[Path, bool]] = []
         start = job.episode_root / shot.keyframe
         token = hashlib.sha256(f"{job.run_id}:{shot.id}:{job.attempt}".encode()).hexdigest()
@@ -121,9 +123,8 @@ class ComfyBackend:
                     "filename_prefix": f"anime_pipeline/{shot.id}_{tag}",
                 }
                 video = work / f"segment_{k:03d}.mp4"
-                server = self._generate(job, start, values, video, usage, tag=tag, segment=k,
-                                        of=len(segments))
-                servers.append(server)
+                self._generate(job, start, values, video, usage, servers, tag=tag, segment=k,
+                               of=len(segments))
                 parts.append((video, first_is_start))
                 if k + 1 < len(segments):
                     start = work / f"segment_{k:03d}_last.png"
@@ -145,28 +146,40 @@ class ComfyBackend:
         return RenderInfo(servers[-1] if servers else None, tuple(usage))
 
     def _generate(self, job: ShotJob, start: Path, values: dict[str, object], dest: Path,
-                  usage: list[Usage], *, tag: str, segment: int, of: int) -> str:
-        """One prompt to the farm; another server when one dies; the server that made it."""
+                  usage: list[Usage], servers: list[str], *, tag: str, segment: int,
+                  of: int) -> str:
+        """One prompt to the farm; another server when one dies; the server that made it.
+        Every prompt a server took is in ``usage``, delivered or not."""
         tried: set[str] = set()
+        mismatches: list[TemplateMismatch] = []
         while True:
-            server = self.farm.acquire(exclude=tried, cancel=job.cancel)
+            try:
+                server = self.farm.acquire(exclude=tried, cancel=job.cancel)
+            except FarmExhausted:
+                if mismatches:  # no server has what the workflow needs: say what is missing
+                    raise mismatches[0] from None
+                raise
+            servers.append(server.url)
             try:
                 self._check(server)
                 name = server.client.upload_image(start, f"{job.shot.id}_{tag}.png")
                 graph = self.template.bind({**values, "image": name})
                 result = self._run(job, server, graph, segment, of)
                 self._fetch(server, result.outputs, dest)
-            except ServerLost as e:
-                self.farm.release(server, lost=True, why=str(e))
+            except ComfyError as e:
+                self._spent(e, server, usage)
+                self._release_after(e, server, job)
+                if not isinstance(e, ServerLost):
+                    raise
                 tried.add(server.url)
                 log.warning("%s %s: %s; re-queued on another server", job.shot.id, self.name, e)
                 continue
-            except (PromptRejected, TemplateMismatch):
+            except TemplateMismatch as e:
+                # Servers of a farm may differ in their nodes and model files: try the others.
                 self.farm.release(server)
-                raise
-            except Cancelled as e:
-                self.farm.release(server)
-                raise RenderAborted(str(e)) from e
+                mismatches.append(e)
+                tried.add(server.url)
+                continue
             except Exception:
                 self.farm.release(server, ok=False)
                 raise
@@ -179,6 +192,28 @@ class ComfyBackend:
                                gpu_sec=None if result.execution_s is None
                                else round(result.execution_s, 3)))
             return server.url
+
+    def _release_after(self, e: ComfyError, server: Server, job: ShotJob) -> None:
+        if isinstance(e, ServerLost):
+            self.farm.release(server, lost=True, why=str(e))
+        elif isinstance(e, PromptRejected):
+            self.farm.release(server)
+        elif isinstance(e, Cancelled):
+            self.farm.release(server)
+            raise RenderAborted(str(e)) from e
+        else:
+            self.farm.release(server, ok=False)
+
+    def _spent(self, e: ComfyError, server: Server, usage: list[Usage]) -> None:
+        """A prompt the server took and that delivered nothing still counts."""
+        if e.prompt_id is None:
+            return
+        outcome = ("lost" if isinstance(e, ServerLost) else
+                   "interrupted" if isinstance(e, (Cancelled, PromptTimeout)) else "failed")
+        usage.append(Usage(provider=self.name, server=server.url, prompt_id=e.prompt_id,
+                           wall_sec=round(e.wall_s or 0.0, 3),
+                           gpu_sec=None if e.execution_s is None else round(e.execution_s, 3),
+                           outcome=outcome))
 
     def _check(self, server: Server) -> None:
         try:
@@ -207,8 +242,11 @@ class ComfyBackend:
             elif msg.get("type") == "execution_cached" and isinstance(data, dict):
                 log.info("%s: %d node(s) cached", label, len(data.get("nodes") or []))
 
+        prompt_id = str(uuid.uuid4())
+        # A client id of its own per prompt: ComfyUI sends a client's messages to the socket
+        # it connected last, so two prompts sharing one would starve the first.
         return server.client.run_prompt(
-            graph, prompt_id=str(uuid.uuid4()), client_id=self.client_id,
+            graph, prompt_id=prompt_id, client_id=f"{self.client_id}-{prompt_id[:8]}",
             template=self.template.name, timeout_s=self.prompt_timeout_s, cancel=job.cancel,
             on_message=progress)
 

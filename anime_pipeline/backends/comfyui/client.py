@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,18 @@ WS_OPEN_TIMEOUT_S = 10.0
 HISTORY_WAIT_S = 15.0
 
 
+POLL_S = 0.25  # how often a quiet websocket is left to look at the stop signal and the clock
+QUIET_CHECK_S = 5.0  # after this long without a message, the prompt's history is asked
+
+
 class ComfyError(RuntimeError):
     def __init__(self, message: str, server: str) -> None:
         super().__init__(message)
         self.server = server
+        # Set when the error ended a prompt the server had accepted (it may have cost):
+        self.prompt_id: str | None = None
+        self.wall_s: float | None = None
+        self.execution_s: float | None = None
 
 
 class ServerLost(ComfyError):
@@ -256,8 +264,8 @@ class ComfyClient:
         started = time.monotonic()
         deadline = started + timeout_s
         try:
-            ws = connect(self._ws_url(client_id), open_timeout=WS_OPEN_TIMEOUT_S,
-                         max_size=16 << 20, proxy=None)
+            connection = connect(self._ws_url(client_id), open_timeout=WS_OPEN_TIMEOUT_S,
+                                 max_size=16 << 20, proxy=None)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
             raise ServerLost(f"ComfyUI at {self.url}: websocket refused ({e})",
                              self.url) from e
@@ -265,66 +273,78 @@ class ComfyClient:
         cached: list[str] = []
         exec_start: float | None = None
         exec_end: float | None = None
-        try:
-            self.queue_prompt(graph, prompt_id=prompt_id, client_id=client_id,
-                              template=template)
-            while True:
-                if cancel is not None and cancel.is_set():
-                    self.cancel(prompt_id)
-                    raise Cancelled(f"prompt {prompt_id} on {self.url} cancelled", self.url)
-                if time.monotonic() > deadline:
-                    self.cancel(prompt_id)
-                    raise PromptTimeout(f"prompt {prompt_id} on {self.url} still running after "
-                                        f"{timeout_s:g} s: interrupted", self.url)
-                try:
-                    raw = ws.recv(timeout=1.0)
-                except TimeoutError:
-                    continue
-                except ConnectionClosed as e:
-                    done = self._finished_without_ws(prompt_id)
-                    if done is not None:
-                        return done
-                    raise ServerLost(f"ComfyUI at {self.url} closed the websocket mid-prompt "
-                                     f"({e})", self.url) from e
-                if not isinstance(raw, str):
-                    continue  # binary preview frames
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                data = msg.get("data") or {}
-                if data.get("prompt_id") not in (None, prompt_id):
-                    continue
-                kind = msg.get("type")
-                if data.get("prompt_id") != prompt_id and kind != "status":
-                    continue
-                messages.append(msg)
-                if on_message is not None:
-                    on_message(msg)
-                if kind == "execution_start":
-                    exec_start = _ts(data)
-                elif kind == "execution_cached":
-                    cached = [str(n) for n in data.get("nodes", [])]
-                elif kind == "execution_error":
-                    raise ExecutionFailed(
-                        f"ComfyUI at {self.url}: node {data.get('node_id')} "
-                        f"({data.get('node_type')}) failed: {data.get('exception_type')}: "
-                        f"{str(data.get('exception_message', '')).strip()[:300]}", self.url)
-                elif kind == "execution_interrupted":
-                    raise Cancelled(f"prompt {prompt_id} on {self.url} was interrupted",
-                                    self.url)
-                elif kind == "execution_success" or (
-                        kind == "executing" and data.get("node") is None):
-                    exec_end = _ts(data)
-                    break
-        except ConnectionClosed as e:
-            raise ServerLost(f"ComfyUI at {self.url} dropped the websocket ({e})",
-                             self.url) from e
-        finally:
+        queued = False
+        last_heard = time.monotonic()
+        with connection as ws:  # closed on the way out, whatever happened
             try:
-                ws.close()
-            except Exception:  # a dead socket closes badly; nothing to do
-                pass
+                self.queue_prompt(graph, prompt_id=prompt_id, client_id=client_id,
+                                  template=template)
+                queued = True
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        self.cancel(prompt_id)
+                        raise Cancelled(f"prompt {prompt_id} on {self.url} cancelled", self.url)
+                    if time.monotonic() > deadline:
+                        self.cancel(prompt_id)
+                        raise PromptTimeout(f"prompt {prompt_id} on {self.url} still running after "
+                                            f"{timeout_s:g} s: interrupted", self.url)
+                    try:
+                        raw = ws.recv(timeout=POLL_S)
+                    except TimeoutError:
+                        # A quiet socket may have missed the end (ComfyUI sends each client's
+                        # messages to one socket): ask the history now and then.
+                        if time.monotonic() - last_heard >= QUIET_CHECK_S:
+                            last_heard = time.monotonic()
+                            done = self._finished_without_ws(prompt_id)
+                            if done is not None:
+                                return replace(done, wall_s=time.monotonic() - started)
+                        continue
+                    except ConnectionClosed as e:
+                        done = self._finished_without_ws(prompt_id)
+                        if done is not None:
+                            return replace(done, wall_s=time.monotonic() - started)
+                        raise ServerLost(f"ComfyUI at {self.url} closed the websocket mid-prompt "
+                                         f"({e})", self.url) from e
+                    last_heard = time.monotonic()
+                    if not isinstance(raw, str):
+                        continue  # binary preview frames
+                    try:
+                        msg = json.loads(raw)
+                    except ValueError:
+                        continue
+                    data = msg.get("data") or {}
+                    if data.get("prompt_id") not in (None, prompt_id):
+                        continue
+                    kind = msg.get("type")
+                    if data.get("prompt_id") != prompt_id and kind != "status":
+                        continue
+                    messages.append(msg)
+                    if on_message is not None:
+                        on_message(msg)
+                    if kind == "execution_start":
+                        exec_start = _ts(data)
+                    elif kind == "execution_cached":
+                        cached = [str(n) for n in data.get("nodes", [])]
+                    elif kind == "execution_error":
+                        exec_end = _ts(data)
+                        raise ExecutionFailed(
+                            f"ComfyUI at {self.url}: node {data.get('node_id')} "
+                            f"({data.get('node_type')}) failed: {data.get('exception_type')}: "
+                            f"{str(data.get('exception_message', '')).strip()[:300]}", self.url)
+                    elif kind == "execution_interrupted":
+                        raise Cancelled(f"prompt {prompt_id} on {self.url} was interrupted",
+                                        self.url)
+                    elif kind == "execution_success" or (
+                            kind == "executing" and data.get("node") is None):
+                        exec_end = _ts(data)
+                        break
+            except ConnectionClosed as e:
+                lost = ServerLost(f"ComfyUI at {self.url} dropped the websocket ({e})",
+                                  self.url)
+                raise _spent(lost, queued, prompt_id, started, exec_start, exec_end) from e
+            except ComfyError as e:
+                _spent(e, queued, prompt_id, started, exec_start, exec_end)
+                raise
         entry = self._wait_history(prompt_id, deadline)
         outputs = self._outputs(entry, prompt_id)
         execution = None
@@ -372,6 +392,17 @@ class ComfyClient:
                 f"{detail.get('exception_message', 'see the server log')}", self.url)
         outputs = entry.get("outputs") or {}
         return outputs if isinstance(outputs, dict) else {}
+
+
+def _spent(error: ComfyError, queued: bool, prompt_id: str, started: float,
+           exec_start: float | None, exec_end: float | None) -> ComfyError:
+    """``error`` with what the prompt it ended had cost, when the server had taken it."""
+    if queued and error.prompt_id is None:
+        error.prompt_id = prompt_id
+        error.wall_s = time.monotonic() - started
+        if exec_start is not None and exec_end is not None and exec_end >= exec_start:
+            error.execution_s = (exec_end - exec_start) / 1000.0
+    return error
 
 
 def _execution_s(status: Mapping[str, Any]) -> float | None:

@@ -45,6 +45,7 @@ class Server:
     lost: int = 0
     object_info: dict[str, Any] | None = None
     why: str = ""
+    probing: bool = False  # a thread is asking /system_stats now: the others wait for it
 
     @property
     def load(self) -> float:
@@ -85,6 +86,7 @@ class Farm:
         except ComfyError as e:
             ok, why = False, str(e)
         with self._cond:
+            server.probing = False
             was = server.healthy
             server.healthy, server.why, server.checked_at = ok, why, time.monotonic()
             if was is not None and was != ok:
@@ -104,13 +106,15 @@ class Farm:
         usable server is full. :class:`FarmExhausted` when none is usable at all."""
         deadline = time.monotonic() + timeout_s
         while True:
-            to_probe: list[Server] = []
             with self._cond:
                 candidates = [s for s in self.servers if s.url not in exclude and not s.excluded]
-                to_probe = [s for s in candidates if self._stale(s)]
+                to_probe = [s for s in candidates if self._stale(s) and not s.probing]
+                for s in to_probe:
+                    s.probing = True  # one thread probes a server; the others wait for it
                 if not to_probe:
                     usable = [s for s in candidates if s.healthy]
-                    if not usable:
+                    probing = any(s.probing for s in candidates)
+                    if not usable and not probing:
                         reasons = "; ".join(f"{s.url}: {s.why or 'left out'}"
                                             for s in self.servers) or "no servers"
                         raise FarmExhausted(f"{self.name}: no server can take the shot "

@@ -36,10 +36,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from anime_pipeline.domain.rendering import NotRetryable
+
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 Value = Literal["image", "width", "height", "frames", "fps", "seed", "positive_prompt",
                 "negative_prompt", "filename_prefix"]
-REQUIRED_VALUES = ("image", "frames", "filename_prefix")
+REQUIRED_VALUES = ("image", "frames", "seed", "filename_prefix")  # a seed per attempt: no cache hit
 MAX_TEMPLATE_BYTES = 1 << 20
 
 
@@ -47,8 +49,9 @@ class TemplateError(ValueError):
     """A template file that is not a usable template (names the file and the field)."""
 
 
-class TemplateMismatch(ValueError):
-    """A template the server cannot run (a node class, input or model file it lacks)."""
+class TemplateMismatch(ValueError, NotRetryable):
+    """A template the server cannot run (a node class, input or model file it lacks): the
+    same attempt again cannot fix it, so the shot goes down its ladder at once."""
 
 
 class Limits(BaseModel):
@@ -160,7 +163,10 @@ def load_template(name_or_path: str, *, relative_to: Path | None = None) -> Work
                             f"({', '.join(bundled_templates())}) nor a file")
     if path.stat().st_size > MAX_TEMPLATE_BYTES:
         raise TemplateError(f"{path}: larger than {MAX_TEMPLATE_BYTES} bytes")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TemplateError(f"{path}: not UTF-8 text ({e.reason})") from None
     try:
         data = (json.loads(text) if path.suffix == ".json"
                 else load_yaml(text, max_depth=16, max_nodes=100_000))
