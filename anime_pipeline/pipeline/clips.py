@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -462,6 +462,10 @@ def clips_run(
     ``live_policy``: the policy in force now (the local cap follows it while the step runs);
     ``revision``: the monitor state's revision (a change re-plans the shots not started)."""
     env = render_environment(policy, requested_concurrency=concurrency, nvenc_fits=nvenc_fits)
+    if backends_config is not None and backends_config.notes:
+        env = replace(env, notes=env.notes + backends_config.notes)
+    for note in env.notes:
+        log.warning(note)
     local_cap: Callable[[], int] = (
         (lambda: max(1, live_policy().render_concurrency)) if live_policy
         else (lambda: env.local_concurrency))

@@ -69,6 +69,7 @@ def write_composite(
     keys = EpisodeKeys(ep.key)
     clips = episode_clips(storage, bundle)
     t0 = time.perf_counter()
+    work_dir.mkdir(parents=True, exist_ok=True)
     clip_paths = [storage.fetch(keys.clip(c.shot_id)) for c in clips]
     encoders = sorted({c.encoder for c in clips})
     cues = cues_for(ep)

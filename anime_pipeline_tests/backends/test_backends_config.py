@@ -187,3 +187,18 @@ def test_templates_are_checked_against_what_the_server_has(tmp_path: Path) -> No
         with_models = httpx.get(f"{models.url}/object_info", timeout=10).json()
         check_against(wan.graph, with_models, server=models.url, template=wan.name,
                       bound=wan.bound_inputs)
+
+
+def test_the_old_variable_alone_is_said_when_a_render_starts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from anime_pipeline.pipeline.clips import clips_run
+    from anime_pipeline.runtime.policy import ExecutionPolicyResolver
+    from anime_pipeline.runtime.testing import make_profile
+
+    config = load_backends(tmp_path, {BACKENDS_ENV: "comfyui_i2v=http://127.0.0.1:8188"})
+    policy = ExecutionPolicyResolver().resolve(make_profile(vram_gib=[], nvenc=False))
+    with caplog.at_level("WARNING", logger="anime_pipeline.progress"), clips_run(
+            policy, concurrency=2, home=tmp_path, backends_config=config,
+            nvenc_fits=lambda mb: False) as run:
+        assert run.env.notes == config.notes
+    assert "render_backends.yaml" in caplog.text

@@ -344,3 +344,50 @@ def test_nvenc_policy_falls_back_to_software_without_vram(
     md = mat.asset_materialization.metadata  # type: ignore[union-attr]
     assert md["encoder"].value == "libx264"
     assert md["runtime_policy"].value.startswith("LOCAL_GPU_HIGH")
+
+
+@pytest.mark.slow
+def test_a_staged_plan_on_a_farm_shows_its_preview_cut_then_the_final_clips(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
+    from datetime import UTC, datetime
+
+    from anime_pipeline.budget import build_compute_plan
+    from anime_pipeline.domain.contracts import ResourceState
+    from anime_pipeline.pipeline import planning
+    from anime_pipeline.storage import put_record
+    from anime_pipeline_tests.support.comfyui_double import ComfyDouble
+
+    shots = [{"id": f"S{i:02d}", "type": "action" if i % 2 else "establishing",
+              "duration_ms": 1000, "keyframe": "keyframes/S01.png",
+              **({"criticality": "critical"} if i == 3 else {})} for i in range(1, 7)]
+    store, d = _planned(tmp_path, instance, config, shots=shots,
+                        format={"width": 640, "height": 360, "fps": 24})
+    (tmp_path / "ep99" / "creative_control.yaml").write_text(
+        "global_profile: HIGH\nsla:\n  deadline: '2026-12-01T12:00:12Z'\n", encoding="utf-8")
+    bundle = catalog.register(store, tmp_path / "ep99")
+    farm = ResourceState(available_backends=("animatic", "source_clip", "comfyui_i2v"),
+                         workers_available=4)
+    plan = build_compute_plan(bundle.episode, bundle.creative,
+                              planning.read_audio_manifest(store, EP), resources=farm,
+                              now=datetime(2026, 12, 1, 12, tzinfo=UTC))
+    assert [s.shot_id for s in plan.shots if "final" in s.stages] == ["S06"]
+    put_record(store, EpisodeKeys(EP).compute_plan, plan)  # a plan a tight deadline staged
+    with ComfyDouble(work_dir=tmp_path / "comfy") as server:
+        config.home.mkdir(parents=True, exist_ok=True)
+        (config.home / "render_backends.yaml").write_text(
+            "comfyui_i2v:\n  kind: comfyui\n  workflow: weightfree_i2v\n  servers:\n"
+            f"    - url: {server.url}\n      max_inflight: 2\n", encoding="utf-8")
+        run = _run(d, "render_clips", instance, config,
+                   tags=clip_range_tags(EP, [s["id"] for s in shots]))
+    assert run.success, run
+    [cut] = [e for e in instance.fetch_observations(dg.AssetKey("composite"), limit=5).records]
+    meta = cut.asset_observation.metadata  # type: ignore[union-attr]
+    assert meta["preview"].value is True and meta["preview_tier_shots"].value == "S06"
+    assert cut.partition_key == EP and store.exists(EpisodeKeys(EP).preview_composite)
+    mats = instance.fetch_materializations(dg.AssetKey("clips"), limit=20).records
+    s06 = [m.asset_materialization for m in mats if m.partition_key == f"{EP}/S06"]
+    assert len(s06) == 2  # its preview-tier clip, then its final clip
+    stages = sorted(m.metadata["stage"].value for m in s06)  # type: ignore[union-attr]
+    assert stages == ["final", "preview"]
+    assert len(server.prompts) >= 6  # the farm generated the final tiers

@@ -102,3 +102,41 @@ def test_render_generates_the_shots_on_the_farm_of_render_backends_yaml(tmp_path
         servers = {m.asset_materialization.metadata["server"].value  # type: ignore[union-attr]
                    for m in mats}
         assert servers <= {a.url, b.url}
+
+
+def test_stopping_a_render_interrupts_and_dequeues_its_prompts(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    folder = minimal_episode(tmp_path / "ep")
+    home = tmp_path / "home"
+    home.mkdir()
+    with ComfyDouble(work_dir=tmp_path / "a", gen_seconds_per_frame=3.0) as a:
+        (home / "render_backends.yaml").write_text(
+            "comfyui_i2v:\n  kind: comfyui\n  workflow: weightfree_i2v\n  servers:\n"
+            f"    - url: {a.url}\n      max_inflight: 2\n", encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, "-m", "anime_pipeline.cli", "render",
+                                 str(folder)], env=_env(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (len(a.prompts) == 2 and a.executed) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(a.prompts) == 2 and a.executed, "the render never reached the farm"
+            proc.send_signal(signal.SIGINT)  # what terminating the run does to its worker
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode != 0
+        ours = {p["prompt_id"] for p in a.prompts}
+        running = a.executed[0]
+        deadline = time.monotonic() + 15
+        while running not in a.interrupted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running in a.interrupted, err[-2000:]
+        # Nothing of ours is left on the server: the other prompt never ran or was stopped.
+        assert set(a.executed) <= set(a.interrupted) and set(a.executed) <= ours
+        queue = httpx.get(f"{a.url}/queue", timeout=5).json()
+        assert queue == {"queue_running": [], "queue_pending": []}

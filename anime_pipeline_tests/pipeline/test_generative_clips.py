@@ -16,7 +16,7 @@ from anime_pipeline.backends.config import BackendsConfig, parse_backends
 from anime_pipeline.budget import build_compute_plan
 from anime_pipeline.domain.contracts import ResourceState
 from anime_pipeline.domain.records import ClipStatus
-from anime_pipeline.pipeline import catalog, planning
+from anime_pipeline.pipeline import catalog, delivery, planning
 from anime_pipeline.pipeline.clips import (
     ClipOutcome,
     ClipsRun,
@@ -160,9 +160,23 @@ def test_a_staged_plan_renders_and_cuts_its_preview_first(
     assert [s.shot_id for s in staged] == ["S06"], plan.stages  # a tight deadline stages it
     preview_tier = staged[0].preview
     assert preview_tier is not None
+    items: list[ClipOutcome | PreviewReady] = []
+    cut = None
     with clips_run(cpu_policy(2), concurrency=4, home=tmp_path / "home",
                    backends_config=farm(a), nvenc_fits=lambda mb: False) as run:
-        items = ep.render(run, plan)
+        with ep.store.scratch() as work:
+            _, stream = run.render(ep.store, ep.bundle, plan, ep.shot_ids, work_dir=work)
+            for item in stream:
+                items.append(item)
+                if isinstance(item, PreviewReady):  # what the clips step does here
+                    cut = delivery.write_composite(ep.store, ep.bundle, work_dir=work / "p",
+                                                   preview=True).record
+    # The preview cut: every shot, S06 at its preview tier, marked, beside the final one.
+    assert cut is not None and cut.preview
+    assert {c.shot_id: c.stage for c in cut.clips}["S06"] == "preview"
+    assert cut.video_frames == cut.expected_frames == 144
+    assert ep.store.exists(ep.keys.preview_composite)
+    assert not ep.store.exists(ep.keys.composite)  # the final composite is not touched
     marks = [i for i, item in enumerate(items) if isinstance(item, PreviewReady)]
     assert len(marks) == 1
     before, after = items[:marks[0]], items[marks[0] + 1:]
