@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from anime_pipeline.backends.ratelimit import SOURCE_HOSTS, HostBuckets
 from anime_pipeline.domain.contracts import BACKEND_ANIMATIC, BACKEND_SOURCE_CLIP
 from anime_pipeline.domain.episode import Format, Shot
 from anime_pipeline.domain.rendering import ShotJob
@@ -61,9 +62,15 @@ class SourceClipBackend:
 
     name = BACKEND_SOURCE_CLIP
 
+    def __init__(self, hosts: HostBuckets | None = None) -> None:
+        self.hosts = hosts or SOURCE_HOSTS  # requests per second per footage host
+
     def render(self, job: ShotJob, out: Path) -> None:
+        remote = self._remote(job)
+        if remote and job.shot.source is not None:
+            self.hosts.take(job.shot.source.uri, job.cancel)  # before ffmpeg opens it
         # Remote sources may be slow to answer: twice the local allowance.
-        timeout = timeout_for(job.shot.duration_ms / 1000) * (2 if self._remote(job) else 1)
+        timeout = timeout_for(job.shot.duration_ms / 1000) * (2 if remote else 1)
         media.render(source_clip_args(job, out), timeout=timeout)
 
     @staticmethod

@@ -27,6 +27,7 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
+from anime_pipeline.backends.ratelimit import TokenBucket
 from anime_pipeline.domain.rendering import NotRetryable
 
 MAX_DOWNLOAD_BYTES = 4 << 30
@@ -70,29 +71,6 @@ class PromptTimeout(ComfyError):
 
 class Cancelled(ComfyError):
     pass
-
-
-class TokenBucket:
-    """At most ``rate`` requests per second on average, bursts of ``burst``; thread-safe."""
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self._lock = threading.Lock()
-
-    def take(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                wait = (1 - self.tokens) / self.rate
-            time.sleep(min(wait, 1.0))
 
 
 @dataclass

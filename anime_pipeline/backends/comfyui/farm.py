@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from anime_pipeline.backends.comfyui.client import ComfyClient, ComfyError, TokenBucket
+from anime_pipeline.backends.comfyui.client import ComfyClient, ComfyError
 from anime_pipeline.backends.config import ComfyBackendConfig
+from anime_pipeline.backends.ratelimit import TokenBucket
 from anime_pipeline.domain.rendering import NotRetryable
 
 log = logging.getLogger("anime_pipeline.progress")
