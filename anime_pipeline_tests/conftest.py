@@ -3,11 +3,15 @@ from __future__ import annotations
 import struct
 import wave
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from anime_pipeline_tests.support.comfyui_double import ComfyDouble
 
 
 def tiny_png(width: int = 2, height: int = 2, rgb: bytes = b"\xff\x40\x00") -> bytes:
@@ -59,6 +63,24 @@ def minimal_episode(root: Path, **overrides: Any) -> Path:
     doc.update(overrides)
     (root / "episode.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def doubles(tmp_path: Path) -> Iterator[Callable[..., ComfyDouble]]:
+    """``doubles(**knobs)`` starts one more ComfyUI double; all are stopped at the end."""
+    from anime_pipeline_tests.support.comfyui_double import ComfyDouble
+
+    started: list[ComfyDouble] = []
+
+    def start(**knobs: Any) -> ComfyDouble:
+        d = ComfyDouble(work_dir=tmp_path / f"comfy{len(started)}", **knobs)
+        d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ a real HTTP + websocket server that answers as ComfyUI 0.3.64 does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,29 +10,13 @@ import pytest
 from anime_pipeline.backends.comfyui.backend import ComfyBackend
 from anime_pipeline.backends.comfyui.farm import Farm
 from anime_pipeline.backends.comfyui.templates import WorkflowTemplate, load_template
-from anime_pipeline.backends.config import parse_backends
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.rendering import RenderSpec, ShotJob
 from anime_pipeline.pipeline import catalog
 from anime_pipeline.storage import LocalStore
 from anime_pipeline_tests.conftest import minimal_episode
 from anime_pipeline_tests.support.comfyui_double import ComfyDouble
-
-
-@pytest.fixture
-def doubles(tmp_path: Path) -> Iterator[Callable[..., ComfyDouble]]:
-    """``doubles(**knobs)`` starts one more double; all are stopped at the end."""
-    started: list[ComfyDouble] = []
-
-    def start(**knobs: object) -> ComfyDouble:
-        d = ComfyDouble(work_dir=tmp_path / f"comfy{len(started)}", **knobs)  # type: ignore[arg-type]
-        d.start()
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
+from anime_pipeline_tests.support.farm import farm_config
 
 
 @pytest.fixture
@@ -42,10 +25,7 @@ def bundle(tmp_path: Path) -> EpisodeBundle:
 
 
 def farm_of(*doubles: ComfyDouble, max_inflight: int = 1, rps: float | None = None) -> Farm:
-    servers = "\n".join(f"    - {{url: {d.url}, max_inflight: {max_inflight}}}" for d in doubles)
-    extra = f"\n  requests_per_second: {rps}" if rps else ""
-    config = parse_backends(f"comfyui_i2v:\n  kind: comfyui\n  workflow: weightfree_i2v\n"
-                            f"  servers:\n{servers}{extra}\n")
+    config = farm_config(*doubles, max_inflight=max_inflight, rps=rps)
     return Farm.create("comfyui_i2v", config.backends["comfyui_i2v"])
 
 

@@ -13,14 +13,19 @@ import httpx
 import pytest
 
 from anime_pipeline.backends import AnimaticBackend, SlateBackend
-from anime_pipeline.backends.comfyui.backend import NeedsKeyframe
+from anime_pipeline.backends.comfyui.backend import ComfyBackend, NeedsKeyframe
 from anime_pipeline.backends.comfyui.client import ExecutionFailed, PromptRejected, PromptTimeout
 from anime_pipeline.backends.comfyui.farm import FarmExhausted
 from anime_pipeline.backends.comfyui.templates import TemplateMismatch, load_template
 from anime_pipeline.budget import get_ladder
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import ClipStatus
-from anime_pipeline.domain.rendering import RenderAborted, render_shot
+from anime_pipeline.domain.rendering import (
+    RenderAborted,
+    RenderBackend,
+    RenderOutcome,
+    render_shot,
+)
 from anime_pipeline.media.ffmpeg import verify_clip
 from anime_pipeline_tests.backends.conftest import backend_on, job_for
 from anime_pipeline_tests.support.comfyui_double import ComfyDouble
@@ -35,6 +40,20 @@ def _verify(bundle: EpisodeBundle, shot_id: str, path: Path) -> int:
     probe = verify_clip(path, expected_frames=frames, width=ep.format.width,
                         height=ep.format.height, fps=ep.format.fps, timeout=60)
     return probe.frames
+
+
+def _through_the_ladder(backend: ComfyBackend, bundle: EpisodeBundle, tmp_path: Path, *,
+                        retry_budget: int, fallback: bool = True) -> RenderOutcome:
+    """S01 as a clips run renders it: retries, then the standard ladder (with the animatic
+    as the next backend when ``fallback``), then the slate."""
+    backends: dict[str, RenderBackend] = {"comfyui_i2v": backend}
+    if fallback:
+        backends["animatic"] = AnimaticBackend()
+    return render_shot(
+        job_for(bundle), tmp_path / "S01.mp4", backends=backends,
+        backend_preference=list(backends), retry_budget=retry_budget,
+        ladder=get_ladder("DL_STANDARD_V1"), slate=SlateBackend(),
+        verify=lambda p: _verify(bundle, "S01", p))
 
 
 def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -119,12 +138,7 @@ def test_a_rejected_workflow_is_not_retried_and_names_node_input_and_server(
     message = str(e.value)
     assert "node 4" in message and "strength" in message and d.url in message
     # Through the ladder: no retry of the same thing, straight down to the animatic.
-    outcome = render_shot(
-        job_for(bundle), tmp_path / "S01.mp4",
-        backends={"comfyui_i2v": backend, "animatic": AnimaticBackend()},
-        backend_preference=["comfyui_i2v", "animatic"], retry_budget=2,
-        ladder=get_ladder("DL_STANDARD_V1"), slate=SlateBackend(),
-        verify=lambda p: _verify(bundle, "S01", p))
+    outcome = _through_the_ladder(backend, bundle, tmp_path, retry_budget=2)
     assert len(d.prompts) == 2  # one per render: never retried
     assert outcome.status is ClipStatus.degraded and outcome.backend == "animatic"
     assert "strength" in (outcome.reason or "")
@@ -156,10 +170,7 @@ def test_an_execution_error_is_retried_with_a_new_seed(
     with pytest.raises(ExecutionFailed, match="CUDA out of memory"):
         backend.render(job_for(bundle, run_id="run-0"), tmp_path / "x.mp4")
     d.fail_next(message="CUDA out of memory (double)")
-    outcome = render_shot(
-        job_for(bundle), tmp_path / "S01.mp4", backends={"comfyui_i2v": backend},
-        backend_preference=["comfyui_i2v"], retry_budget=1, ladder=get_ladder("DL_STANDARD_V1"),
-        slate=SlateBackend(), verify=lambda p: _verify(bundle, "S01", p))
+    outcome = _through_the_ladder(backend, bundle, tmp_path, retry_budget=1, fallback=False)
     assert outcome.status is ClipStatus.ok and outcome.backend == "comfyui_i2v"
     assert [a.ok for a in outcome.attempts] == [False, True]
     # The failed prompt ran on the server: it is in the usage, marked, with its time.
@@ -301,12 +312,7 @@ def test_a_workflow_no_server_can_run_goes_down_the_ladder_without_retries(
         doubles: Doubles, bundle: EpisodeBundle, tmp_path: Path) -> None:
     d = doubles()
     backend = backend_on(d, template=load_template("wan_i2v"))
-    outcome = render_shot(
-        job_for(bundle), tmp_path / "S01.mp4",
-        backends={"comfyui_i2v": backend, "animatic": AnimaticBackend()},
-        backend_preference=["comfyui_i2v", "animatic"], retry_budget=3,
-        ladder=get_ladder("DL_STANDARD_V1"), slate=SlateBackend(),
-        verify=lambda p: _verify(bundle, "S01", p))
+    outcome = _through_the_ladder(backend, bundle, tmp_path, retry_budget=3)
     assert outcome.status is ClipStatus.degraded and outcome.backend == "animatic"
     assert [a.backend for a in outcome.attempts] == ["comfyui_i2v", "animatic"]
     assert "wan2.1_i2v_480p_14B_fp16.safetensors" in (outcome.reason or "")

@@ -357,6 +357,7 @@ def test_a_staged_plan_on_a_farm_shows_its_preview_cut_then_the_final_clips(
     from anime_pipeline.pipeline import planning
     from anime_pipeline.storage import put_record
     from anime_pipeline_tests.support.comfyui_double import ComfyDouble
+    from anime_pipeline_tests.support.farm import render_backends_yaml
 
     shots = [{"id": f"S{i:02d}", "type": "action" if i % 2 else "establishing",
               "duration_ms": 1000, "keyframe": "keyframes/S01.png",
@@ -376,8 +377,7 @@ def test_a_staged_plan_on_a_farm_shows_its_preview_cut_then_the_final_clips(
     with ComfyDouble(work_dir=tmp_path / "comfy") as server:
         config.home.mkdir(parents=True, exist_ok=True)
         (config.home / "render_backends.yaml").write_text(
-            "comfyui_i2v:\n  kind: comfyui\n  workflow: weightfree_i2v\n  servers:\n"
-            f"    - url: {server.url}\n      max_inflight: 2\n", encoding="utf-8")
+            render_backends_yaml(server, max_inflight=2), encoding="utf-8")
         run = _run(d, "render_clips", instance, config,
                    tags=clip_range_tags(EP, [s["id"] for s in shots]))
     assert run.success, run

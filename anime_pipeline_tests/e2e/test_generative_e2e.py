@@ -18,6 +18,7 @@ from anime_pipeline.media.ffmpeg import verify_clip
 from anime_pipeline.storage import EpisodeKeys, LocalStore, get_record
 from anime_pipeline_tests.conftest import minimal_episode
 from anime_pipeline_tests.support.comfyui_double import ComfyDouble
+from anime_pipeline_tests.support.farm import render_backends_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -114,9 +115,8 @@ def test_stopping_a_render_interrupts_and_dequeues_its_prompts(tmp_path: Path) -
     home = tmp_path / "home"
     home.mkdir()
     with ComfyDouble(work_dir=tmp_path / "a", gen_seconds_per_frame=3.0) as a:
-        (home / "render_backends.yaml").write_text(
-            "comfyui_i2v:\n  kind: comfyui\n  workflow: weightfree_i2v\n  servers:\n"
-            f"    - url: {a.url}\n      max_inflight: 2\n", encoding="utf-8")
+        (home / "render_backends.yaml").write_text(render_backends_yaml(a, max_inflight=2),
+                                                   encoding="utf-8")
         proc = subprocess.Popen([sys.executable, "-m", "anime_pipeline.cli", "render",
                                  str(folder)], env=_env(tmp_path), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)

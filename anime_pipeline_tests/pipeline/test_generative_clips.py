@@ -5,14 +5,14 @@ cuts its preview first, and a policy change mid-episode re-plans the shots not s
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from anime_pipeline.backends.config import BackendsConfig, parse_backends
+from anime_pipeline.backends.config import BackendsConfig
 from anime_pipeline.budget import build_compute_plan
 from anime_pipeline.domain.contracts import ResourceState
 from anime_pipeline.domain.records import ClipStatus
@@ -31,6 +31,7 @@ from anime_pipeline.storage import EpisodeKeys, LocalStore, put_record
 from anime_pipeline_tests.conftest import minimal_episode
 from anime_pipeline_tests.pipeline.conftest import POLICY
 from anime_pipeline_tests.support.comfyui_double import ComfyDouble
+from anime_pipeline_tests.support.farm import farm_config
 
 pytestmark = pytest.mark.slow  # real renders on real (double) servers
 
@@ -38,25 +39,8 @@ FARM = ResourceState(available_backends=("animatic", "source_clip", "comfyui_i2v
                      workers_available=4)
 
 
-@pytest.fixture
-def doubles(tmp_path: Path) -> Iterator[Callable[..., ComfyDouble]]:
-    started: list[ComfyDouble] = []
-
-    def start(**knobs: Any) -> ComfyDouble:
-        d = ComfyDouble(work_dir=tmp_path / f"comfy{len(started)}", **knobs)
-        d.start()
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
-
-
 def farm(*doubles: ComfyDouble, max_inflight: int = 2) -> BackendsConfig:
-    servers = "".join(f"\n    - {{url: {d.url}, max_inflight: {max_inflight}}}" for d in doubles)
-    return parse_backends(f"comfyui_i2v:\n  kind: comfyui\n  workflow: weightfree_i2v\n"
-                          f"  servers:{servers}\n")
+    return farm_config(*doubles, max_inflight=max_inflight)
 
 
 def cpu_policy(render_concurrency: int) -> ExecutionPolicy:

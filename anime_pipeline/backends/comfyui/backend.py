@@ -168,7 +168,9 @@ class ComfyBackend:
                 self._fetch(server, result.outputs, dest)
             except ComfyError as e:
                 self._spent(e, server, usage)
-                self._release_after(e, server, job)
+                self._release_after(e, server)
+                if isinstance(e, Cancelled):
+                    raise RenderAborted(str(e)) from e
                 if not isinstance(e, ServerLost):
                     raise
                 tried.add(server.url)
@@ -193,14 +195,14 @@ class ComfyBackend:
                                else round(result.execution_s, 3)))
             return server.url
 
-    def _release_after(self, e: ComfyError, server: Server, job: ShotJob) -> None:
+    def _release_after(self, e: ComfyError, server: Server) -> None:
+        """The server's slot back, counting what ``e`` says of the server: lost when it
+        stopped answering, a failed shot when it failed one, neither when the shot (a
+        rejected workflow) or the run (a stop) was the cause."""
         if isinstance(e, ServerLost):
             self.farm.release(server, lost=True, why=str(e))
-        elif isinstance(e, PromptRejected):
+        elif isinstance(e, (PromptRejected, Cancelled)):
             self.farm.release(server)
-        elif isinstance(e, Cancelled):
-            self.farm.release(server)
-            raise RenderAborted(str(e)) from e
         else:
             self.farm.release(server, ok=False)
 

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +118,13 @@ class ComfyClient:
 
     # ----------------------------------------------------------------- plain calls
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, timeout_s: float | None = None,
+                 **kwargs: Any) -> httpx.Response:
         if self.bucket is not None:
             self.bucket.take()
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        if timeout_s is not None:  # this call's own limit (a health probe answers quickly)
+            kwargs["timeout"] = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
         try:
             return self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError,
@@ -129,7 +133,7 @@ class ComfyClient:
                              self.url) from e
         except httpx.TimeoutException as e:
             raise ServerLost(f"ComfyUI at {self.url} did not answer {method} {path} within "
-                             f"{self.timeout_s:g} s", self.url) from e
+                             f"{limit:g} s", self.url) from e
 
     def _json(self, response: httpx.Response, what: str) -> Any:
         if response.status_code >= 500:
@@ -144,8 +148,9 @@ class ComfyClient:
             raise ComfyError(f"ComfyUI at {self.url}: {what} answered non-JSON: "
                              f"{response.text[:200]!r}", self.url) from None
 
-    def system_stats(self) -> dict[str, Any]:
-        data = self._json(self._request("GET", "/system_stats"), "GET /system_stats")
+    def system_stats(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        data = self._json(self._request("GET", "/system_stats", timeout_s=timeout_s),
+                          "GET /system_stats")
         return data if isinstance(data, dict) else {}
 
     def object_info(self) -> dict[str, Any]:
@@ -273,14 +278,14 @@ class ComfyClient:
                         # messages to one socket): ask the history now and then.
                         if time.monotonic() - last_heard >= QUIET_CHECK_S:
                             last_heard = time.monotonic()
-                            done = self._finished_without_ws(prompt_id)
+                            done = self._finished_without_ws(prompt_id, started)
                             if done is not None:
-                                return replace(done, wall_s=time.monotonic() - started)
+                                return done
                         continue
                     except ConnectionClosed as e:
-                        done = self._finished_without_ws(prompt_id)
+                        done = self._finished_without_ws(prompt_id, started)
                         if done is not None:
-                            return replace(done, wall_s=time.monotonic() - started)
+                            return done
                         raise ServerLost(f"ComfyUI at {self.url} closed the websocket mid-prompt "
                                          f"({e})", self.url) from e
                     last_heard = time.monotonic()
@@ -346,8 +351,9 @@ class ComfyClient:
                                  "no history entry", self.url)
             time.sleep(0.2)
 
-    def _finished_without_ws(self, prompt_id: str) -> PromptResult | None:
-        """After a dropped websocket: the prompt's result if it already finished, else None."""
+    def _finished_without_ws(self, prompt_id: str, started: float) -> PromptResult | None:
+        """Without the websocket's word (dropped or quiet): the prompt's result if its history
+        says it finished, else None. ``started``: when the prompt was sent (its wall time)."""
         try:
             entry = self.history(prompt_id)
         except ComfyError:
@@ -356,7 +362,7 @@ class ComfyClient:
         if entry is None or not (status.get("completed") or status.get("status_str")):
             return None
         return PromptResult(prompt_id, self._outputs(entry, prompt_id),
-                            execution_s=_execution_s(status))
+                            wall_s=time.monotonic() - started, execution_s=_execution_s(status))
 
     def _outputs(self, entry: Mapping[str, Any], prompt_id: str) -> dict[str, Any]:
         status = entry.get("status") or {}

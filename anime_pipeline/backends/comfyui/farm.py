@@ -78,11 +78,7 @@ class Farm:
     def _probe(self, server: Server) -> None:
         """Probe outside the lock (it waits on the network)."""
         try:
-            probe = ComfyClient(server.url, timeout_s=PROBE_TIMEOUT_S)
-            try:
-                probe.system_stats()
-            finally:
-                probe.close()
+            server.client.system_stats(timeout_s=PROBE_TIMEOUT_S)
             ok, why = True, ""
         except ComfyError as e:
             ok, why = False, str(e)
