@@ -15,6 +15,7 @@ import os
 import wave
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -305,12 +306,17 @@ def write_sample_episode(
     width: int = 1280,
     height: int = 720,
     fps: int = 24,
+    deadline: datetime | None = None,
 ) -> Path:
     """Write the sample episode folder at ``dest`` (created if needed) and return it.
 
     12 shots of varied length make 60 s; ``n_shots=60, shot_ms=3000`` makes a 3-minute,
-    60-shot episode. Deterministic for the same arguments.
+    60-shot episode. Deterministic for the same arguments. The SLA deadline is ``deadline``,
+    else a week from now (on the hour): a fixed date would turn tight once it passed, and
+    every demo would then render a preview stage it was never meant to.
     """
+    due = deadline or (datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+                       + timedelta(days=7))
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
     shots = sample_shots(n_shots, shot_ms)
@@ -328,7 +334,7 @@ def write_sample_episode(
     creative = {
         "mode": "standard",
         "budget": {"max_gpu_minutes": round(max(38.0, 38.0 * total_ms / 60_000), 1)},
-        "sla": {"deadline": "2026-12-01T12:00:00Z"},
+        "sla": {"deadline": due.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         "style": {"prefer_smooth_motion": True, "min_fps": 8},
         "feature_flags": {
             "enable_shot_level_budget": True,

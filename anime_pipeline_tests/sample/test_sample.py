@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import wave
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import mean
 
@@ -60,8 +61,19 @@ def test_sample_creative_control(sample: EpisodeBundle) -> None:
     assert cc.mode.value == "standard"
     assert cc.budget.max_gpu_minutes == 38
     assert cc.sla.deadline is not None and cc.sla.deadline.tzinfo is not None
+    # A week ahead of whenever it is written: the demo's plan is never staged by a date
+    # that has passed.
+    ahead = cc.sla.deadline - datetime.now(UTC)
+    assert timedelta(days=6) < ahead <= timedelta(days=7)
     assert cc.style.prefer_smooth_motion and cc.style.min_fps == 8
     assert cc.feature_flags.enable_shot_level_budget
+
+
+def test_a_sample_written_with_a_deadline_keeps_it(tmp_path: Path) -> None:
+    due = datetime(2027, 3, 1, 9, tzinfo=UTC)
+    folder = write_sample_episode(tmp_path / "ep", n_shots=2, shot_ms=500, deadline=due)
+    assert "deadline: '2027-03-01T09:00:00Z'" in (folder / "creative_control.yaml").read_text(
+        encoding="utf-8")
 
 
 def test_sample_keyframes_are_real_distinct_pngs(sample: EpisodeBundle) -> None:
