@@ -253,8 +253,9 @@ def render_clip(
                                  plan_entry.target_resolution, env.encoder),
                       thumbnail=thumb, segment_max_ms=plan_entry.segments.max_ms,
                       run_id=run_id or "", cancel=cancel)
-        log.info("%s starting on %s (%s stage; clip_task_id=%s/%s parallel_slot=%s)", shot.id,
-                 prefs[0], stage, ep.key, shot.id, parallel_slot, extra={
+        # The task id, status and slot travel as fields (JSON logs); the line stays short.
+        log.info("%s starting on %s (slot %s)%s", shot.id, prefs[0], parallel_slot,
+                 " [preview tier]" if stage == "preview" else "", extra={
                      "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
                      "parallel_slot": parallel_slot})
         outcome = render_shot(
