@@ -43,6 +43,7 @@ from anime_pipeline.pipeline import clips as clip_cases
 from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
 from anime_pipeline.runtime.monitor import StateStore
 from anime_pipeline.runtime.policy import policy_record
+from anime_pipeline.runtime.state import policy_in_force
 from anime_pipeline.storage import Storage
 
 CLIPS_KEY = dg.AssetKey("clips")
@@ -137,11 +138,13 @@ def clips(
         return
     home = settings.config().home
     queued = context.instance.get_runs_count(dg.RunsFilter(statuses=ACTIVE_RUNS))
+    profile = runtime.profile()  # the machine as found; the monitor's steps are read live
+    state_dir = Path(runtime.state_dir)
     with clip_cases.clips_run(
-        runtime.policy(), concurrency=render_settings.concurrency, home=home,
-        backends_config=load_backends(home), nvenc_fits=gpu.vram_check,
-        run_id=context.run.run_id, live_policy=runtime.policy,
-        revision=lambda: StateStore(home).load().revision,
+        policy_in_force(state_dir, profile), concurrency=render_settings.concurrency,
+        home=home, backends_config=load_backends(home), nvenc_fits=gpu.vram_check,
+        run_id=context.run.run_id, live_policy=lambda: policy_in_force(state_dir, profile),
+        revision=lambda: StateStore(state_dir).load().revision,
     ) as run:
         for note in run.env.notes:
             context.log.warning(note)

@@ -46,6 +46,7 @@ from anime_pipeline.pipeline.scheduling import (
     LiveConcurrency,
     PlanHolder,
     Slots,
+    Throttled,
 )
 from anime_pipeline.runtime.policy import ExecutionPolicy, policy_record
 from anime_pipeline.storage import EpisodeKeys, RecordError, Storage, get_record, put_record
@@ -460,7 +461,8 @@ def clips_run(
 ) -> Iterator[ClipsRun]:
     """Set up a clips step; on the way out (normally or not) stop what still runs.
 
-    ``live_policy``: the policy in force now (the local cap follows it while the step runs);
+    ``live_policy``: the policy in force now (the local cap follows it while the step runs,
+    read at most every 2 s);
     ``revision``: the monitor state's revision (a change re-plans the shots not started)."""
     env = render_environment(policy, requested_concurrency=concurrency, nvenc_fits=nvenc_fits)
     if backends_config is not None and backends_config.notes:
@@ -468,7 +470,7 @@ def clips_run(
     for note in env.notes:
         log.warning(note)
     local_cap: Callable[[], int] = (
-        (lambda: max(1, live_policy().render_concurrency)) if live_policy
+        Throttled(lambda: max(1, live_policy().render_concurrency)) if live_policy
         else (lambda: env.local_concurrency))
     slots = Slots.create(LiveConcurrency(home, env.concurrency), local_cap)
     backends = build_backends(backends_config, slots)

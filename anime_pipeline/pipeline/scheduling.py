@@ -76,6 +76,23 @@ class LiveConcurrency:
             return self._value
 
 
+class Throttled:
+    """``fn()``, called at most every ``every_s`` seconds; the last value in between. For
+    limits read while holders wait (a file read must not run on every look)."""
+
+    def __init__(self, fn: Callable[[], int], every_s: float = POLL_S) -> None:
+        self.fn, self.every_s = fn, every_s
+        self._value = fn()
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            if time.monotonic() - self._at >= self.every_s:
+                self._value, self._at = self.fn(), time.monotonic()
+            return self._value
+
+
 class Limiter:
     """At most ``limit()`` holders at once (``limit`` may change while it runs); every holder
     gets a slot number, 1..limit. Re-entrant per thread: a thread holding a slot that asks

@@ -151,3 +151,18 @@ def test_critical_and_opening_shots_render_first(planned: Planned) -> None:
     order = render_order(planned.plan, planned.shot_ids)
     assert [e.shot_id for e in order] == ["S02", "S01"]  # S02 is critical
     assert order[0].render_priority == "critical"
+
+
+def test_a_throttled_limit_is_read_at_most_once_per_window() -> None:
+    from anime_pipeline.pipeline.scheduling import Throttled
+
+    reads = [0]
+
+    def read() -> int:
+        reads[0] += 1
+        return reads[0]
+
+    limit = Throttled(read, every_s=0.2)
+    assert [limit() for _ in range(50)] == [1] * 50 and reads == [1]
+    time.sleep(0.25)
+    assert limit() == 2 and reads == [2]

@@ -157,10 +157,6 @@ class ComfyClient:
         data = self._json(self._request("GET", "/object_info"), "GET /object_info")
         return data if isinstance(data, dict) else {}
 
-    def queue_state(self) -> dict[str, Any]:
-        data = self._json(self._request("GET", "/queue"), "GET /queue")
-        return data if isinstance(data, dict) else {}
-
     def upload_image(self, path: Path, name: str) -> str:
         """Upload a start image; return the name the server stored it under (it renames
         when a file of that name with other bytes exists)."""

@@ -138,10 +138,6 @@ class WorkflowTemplate(BaseModel):
         """Every ``node.input`` a pipeline value is written to."""
         return [t for targets in self.inputs.values() for t in targets]
 
-    @property
-    def node_classes(self) -> list[str]:
-        return sorted({n["class_type"] for n in self.graph.values()})
-
 
 def bundled_templates() -> list[str]:
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.yaml"))
