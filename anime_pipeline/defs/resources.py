@@ -1,5 +1,5 @@
 """Resources: settings, artifact storage (local disk or S3), render settings, the runtime policy
-in force and the GPU. Values come from ``dg.EnvVar`` when the variable is set, so they resolve
+in force, the GPU and the usage ledger. Values come from ``dg.EnvVar`` when the variable is set, so they resolve
 at launch and the UI shows where they come from; otherwise from the project's defaults."""
 
 
@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from anime_pipeline.domain.contracts import ResourceState
+from anime_pipeline.ledger import LEDGER_URL_ENV, Ledger, default_url
 from anime_pipeline.runtime import nvml
 from anime_pipeline.runtime.policy import ExecutionPolicy, to_resource_state
 from anime_pipeline.runtime.profile import RuntimeProfile
@@ -159,6 +160,17 @@ class GpuResource(dg.ConfigurableResource):
         }
 
 
+class LedgerResource(dg.ConfigurableResource):
+    """The usage ledger: usage, project budgets, notifications sent (SQLAlchemy URL)."""
+
+    url: str = Field(description="SQLAlchemy URL of the ledger database "
+                                 "($ANIME_PIPELINE_LEDGER_URL); default SQLite under the "
+                                 "pipeline home.")
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.url)
+
+
 # --------------------------------------------------------------------------- bindings
 
 
@@ -195,6 +207,7 @@ def pipeline_resources(
         "render_settings": RenderSettings(concurrency=concurrency, burn_subtitles=burn_subtitles),
         "runtime": RuntimePolicyResource(state_dir=home),
         "gpu": GpuResource(),
+        "ledger": LedgerResource(url=_env(env, LEDGER_URL_ENV, default_url(config.home))),
     }
 
 
