@@ -1,6 +1,7 @@
 """Resources: settings, artifact storage (local disk or S3), render settings, the runtime policy
-in force, the GPU and the usage ledger. Values come from ``dg.EnvVar`` when the variable is set, so they resolve
-at launch and the UI shows where they come from; otherwise from the project's defaults."""
+in force, the GPU and the usage ledger. Values come from ``dg.EnvVar`` when the variable is
+set, so they resolve at launch and the UI shows where they come from; otherwise from the
+project's defaults."""
 
 
 import os
