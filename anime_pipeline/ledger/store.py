@@ -213,7 +213,7 @@ class Ledger:
                 row = out.setdefault((grp, currency), {"amounts": {}, "cost": 0.0, "calls": 0})
                 row["amounts"][unit] = round(float(amount or 0.0), 3)
                 row["cost"] += float(cost or 0.0)
-            counts = dict(conn.execute(per_call).tuples().all())
+            counts: dict[str, int] = dict(conn.execute(per_call).tuples().all())
         return [UsageSummaryRow(group=str(grp), amounts=v["amounts"], cost=round(v["cost"], 4),
                                 currency=currency, calls=int(counts.get(grp, 0)))
                 for (grp, currency), v in sorted(out.items())]
