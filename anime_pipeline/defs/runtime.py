@@ -16,7 +16,7 @@ is the ``runtime`` resource (:class:`~anime_pipeline.defs.resources.RuntimePolic
 import datetime as _dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import dagster as dg
 
 from anime_pipeline.defs.metadata import read_clip_metadata
 from anime_pipeline.defs.resources import RuntimePolicyResource
+from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import GPU_POOL
 from anime_pipeline.runtime.explain import describe_policy, explain_profile
 from anime_pipeline.runtime.monitor import (
@@ -164,6 +165,54 @@ def _planned_keys(data: Any) -> set[str]:
         return {f"{_UNPARTITIONED}{i}" for i in range(len(subset))}
 
 
+@dataclass
+class RunClips:
+    """What one run did to a clips asset: the partitions it planned, and each of its
+    materializations (partition key, typed metadata or None when it is not a clip's)."""
+
+    planned: set[str] = field(default_factory=set)
+    materialized: list[tuple[str, ClipMetadata | None]] = field(default_factory=list)
+
+    @property
+    def touched(self) -> bool:
+        return bool(self.planned or self.materialized)
+
+    @property
+    def unmaterialized(self) -> set[str]:
+        """Planned and never materialized: failed renders, when the run failed or was
+        canceled."""
+        return self.planned - {key for key, _ in self.materialized}
+
+
+def run_clips(
+    instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey = CLIPS_KEY
+) -> RunClips:
+    """The planned and materialized partitions of ``asset_key`` in one run (its event records
+    of those two kinds only, page by page)."""
+    out = RunClips()
+    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+             dg.DagsterEventType.ASSET_MATERIALIZATION}
+    cursor = None
+    while True:
+        conn = instance.get_records_for_run(run_id, cursor=cursor, of_type=kinds)
+        for r in conn.records:
+            ev = r.event_log_entry.dagster_event
+            if ev is None or ev.asset_key != asset_key:
+                continue
+            if ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+                out.planned |= _planned_keys(ev.event_specific_data)
+                continue
+            mat = ev.step_materialization_data.materialization
+            key = str(mat.partition) if mat.partition else _UNPARTITIONED
+            out.materialized.append((key, read_clip_metadata(mat.metadata)))
+        if not conn.has_more:
+            return out
+        cursor = conn.cursor
+
+
+FAILED_RUN_STATUSES = frozenset({dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
+
+
 def clip_render_stats(
     instance: dg.DagsterInstance,
     since: float,
@@ -191,42 +240,23 @@ def clip_render_stats(
         ),
         limit=max_runs,
     )
-    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
-             dg.DagsterEventType.ASSET_MATERIALIZATION}
     for rec in records:
         if rec.end_time is not None and rec.end_time < since:
             continue
         run = rec.dagster_run
-        planned: set[str] = set()
-        seen: set[str] = set()
-        ok = bad = 0
-        cursor = None
-        while True:
-            conn = instance.get_records_for_run(run.run_id, cursor=cursor, of_type=kinds)
-            for r in conn.records:
-                ev = r.event_log_entry.dagster_event
-                if ev is None or ev.asset_key != asset_key:
-                    continue
-                if ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
-                    planned |= _planned_keys(ev.event_specific_data)
-                    continue
-                mat = ev.step_materialization_data.materialization
-                key = str(mat.partition) if mat.partition else _UNPARTITIONED
-                seen.add(key)
-                meta = read_clip_metadata(mat.metadata)
-                if meta is None or not meta.rendered:
-                    continue  # not a clip of ours, or a reused one: not a render
-                if meta.placeholder:
-                    bad += 1
-                else:
-                    ok += 1
-            if not conn.has_more:
-                break
-            cursor = conn.cursor
-        if not planned and not seen:
+        clips_of_run = run_clips(instance, run.run_id, asset_key)
+        if not clips_of_run.touched:
             continue
-        if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
-            bad += len(planned - seen)
+        ok = bad = 0
+        for _, meta in clips_of_run.materialized:
+            if meta is None or not meta.rendered:
+                continue  # not a clip of ours, or a reused one: not a render
+            if meta.placeholder:
+                bad += 1
+            else:
+                ok += 1
+        if run.status in FAILED_RUN_STATUSES:
+            bad += len(clips_of_run.unmaterialized)
         stats.runs += 1
         stats.succeeded += ok
         stats.failed += bad
