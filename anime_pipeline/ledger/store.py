@@ -226,6 +226,17 @@ class Ledger:
         with self.engine.connect() as conn:
             return [(t, p, pr, u, float(a or 0.0)) for t, p, pr, u, a in conn.execute(q)]
 
+    def usage_since(self, after_id: int, limit: int = 1000
+                    ) -> list[tuple[int, str, str, str, str, float]]:
+        """``(id, tenant, project, provider, unit, amount)`` of the rows whose id is above
+        ``after_id``, in id order, at most ``limit``: what the metrics add up incrementally
+        (rows are only ever added, never changed or removed)."""
+        c = usage.c
+        q = (sa.select(c.id, c.tenant, c.project, c.provider, c.unit, c.amount)
+             .where(c.id > after_id).order_by(c.id).limit(limit))
+        with self.engine.connect() as conn:
+            return [(int(i), t, p, pr, u, float(a)) for i, t, p, pr, u, a in conn.execute(q)]
+
     def spent_gpu_sec(self, tenant: str, project: str, since: dt.datetime | None) -> float:
         c = usage.c
         where = [c.tenant == tenant, c.project == project, c.unit == "gpu_sec"]
