@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     from anime_pipeline.runtime.cli import add_subcommands
 
     add_subcommands(sub)
+    from anime_pipeline.ops.cli import add_subcommands as add_ops_commands  # metrics
+    add_ops_commands(sub)
     return parser
 
 

@@ -213,6 +213,15 @@ def run_clips(
 FAILED_RUN_STATUSES = frozenset({dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
 
 
+def failed_renders(record: dg.RunRecord, clips_of_run: RunClips) -> int:
+    """The clips a run failed to render: planned and never materialized, in a run that failed
+    or was canceled after it had started. A run canceled in the queue, or that never launched,
+    rendered nothing (its partitions are planned when the run is created)."""
+    if record.dagster_run.status not in FAILED_RUN_STATUSES or record.start_time is None:
+        return 0
+    return len(clips_of_run.unmaterialized)
+
+
 def clip_render_stats(
     instance: dg.DagsterInstance,
     since: float,
@@ -223,7 +232,8 @@ def clip_render_stats(
 
     Per run that planned the asset: each materialized partition is a success, or a failure
     when its metadata says ``placeholder`` (the render failed and a slate stood in); partitions
-    planned but not materialized in a failed or canceled run are failures. Reused clips are not
+    planned but not materialized in a run that failed or was canceled once started are failures
+    (:func:`failed_renders`). Reused clips are not
     renders; runs still in progress are not counted. Clip metadata is read through
     :class:`~anime_pipeline.domain.records.ClipMetadata`, the model its one writer uses.
     """
@@ -255,8 +265,7 @@ def clip_render_stats(
                 bad += 1
             else:
                 ok += 1
-        if run.status in FAILED_RUN_STATUSES:
-            bad += len(clips_of_run.unmaterialized)
+        bad += failed_renders(rec, clips_of_run)
         stats.runs += 1
         stats.succeeded += ok
         stats.failed += bad
