@@ -9,12 +9,13 @@ server changes nothing a query sees.
 order from a cursor the collector keeps, with running totals: a scrape reads only what was
 written since the last one. Each read starts ``margin`` ids below the highest id seen and skips
 the ids it already counted, so a row whose id was handed out before a higher one but committed
-after it (PostgreSQL sequences; SQLite never does this) is still counted, exactly once. A scrape
-reads history for at most ``scrape_budget_s`` (one page per source at least); a fresh server
-catches up in the background (:meth:`PipelineCollector.catch_up`). Until it has caught up once,
-the families built from history are left out of the scrape, rather than showing a partial
-count that Prometheus would take for a counter reset. Everything else (runs in progress, the
-queue, budgets, the runtime policy, GPUs) is read whole on every scrape, bounded.
+after it (PostgreSQL sequences; SQLite never does this, and gets no margin) is still counted,
+exactly once. A scrape reads history for at most ``scrape_budget_s`` (one page per source at
+least); a fresh server catches up in the background (:meth:`PipelineCollector.catch_up`).
+Until it has caught up once, the families built from history are left out of the scrape,
+rather than showing a partial count that Prometheus would take for a counter reset. Everything
+else (runs in progress, the queue, budgets, the runtime policy, GPUs) is read whole on every
+scrape, bounded.
 
 **What is counted.**
 
@@ -80,6 +81,8 @@ RENDER_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 120
 CLIP_JOBS = frozenset({"render_clips", "rerender_shots"})
 BUDGET_UNIT = "gpu_sec"
 ACTIVE_RUNS_LIMIT = 5000
+EVENT_MARGIN = 100  # ids re-read below the highest seen (event storage not on SQLite)
+LEDGER_MARGIN = 1000  # the same for the ledger's usage rows
 PARTITION_TAG = "dagster/partition"
 
 _S = dg.DagsterRunStatus
@@ -211,6 +214,7 @@ class Stream:
     storage_id: Callable[[Any], int]
     apply: Callable[[Any], None]
     tail: IdTail
+    page_size: int | None = None  # None: the collector's
     caught_up: bool = False  # the last read reached the end
     ever_caught_up: bool = False
 
@@ -243,7 +247,10 @@ class Histogram:
 class PipelineCollector(Collector):
     """The pipeline's metrics for one instance, one ledger and one state folder.
 
-    ``ledger`` or ``state_dir`` None: those families are left out. ``gpu_query`` is
+    ``ledger`` or ``state_dir`` None: those families are left out. History is read
+    ``page_size`` events (``ledger_page_size`` usage rows) at a time, re-reading the last
+    ``margin`` (``ledger_margin``) ids: by default :data:`EVENT_MARGIN` (:data:`LEDGER_MARGIN`),
+    none on SQLite, whose ids are handed out in commit order. ``gpu_query`` is
     :func:`anime_pipeline.runtime.nvml.query` (a test passes its own readings).
     """
 
@@ -254,9 +261,11 @@ class PipelineCollector(Collector):
         state_dir: Path | None = None,
         *,
         clips_key: dg.AssetKey = CLIPS_KEY,
-        page_size: int = 1000,
+        page_size: int = 200,
         scrape_budget_s: float = 1.0,
-        margin: int = 1000,
+        margin: int | None = None,
+        ledger_page_size: int = 5000,
+        ledger_margin: int | None = None,
         gpu_query: Callable[[], nvml.NvmlReport] = nvml.query,
     ) -> None:
         self.instance = instance
@@ -266,6 +275,10 @@ class PipelineCollector(Collector):
         self.page_size = page_size
         self.scrape_budget_s = scrape_budget_s
         self.gpu_query = gpu_query
+        if margin is None:
+            margin = 0 if _sqlite(type(instance.event_log_storage).__name__) else EVENT_MARGIN
+        if ledger_margin is None and ledger is not None:
+            ledger_margin = 0 if _sqlite(ledger.engine.dialect.name) else LEDGER_MARGIN
         self._lock = threading.Lock()
         # running totals from history
         self.clips: Counter[str] = Counter({s: 0 for s in CLIP_STATUSES})
@@ -282,7 +295,8 @@ class PipelineCollector(Collector):
                 self._run_end_applier(status), IdTail(margin)))
         self.ledger_stream = (
             Stream("usage", ledger.usage_since, lambda row: int(row[0]), self._apply_usage,
-                   IdTail(margin)) if ledger is not None else None)
+                   IdTail(ledger_margin or 0), page_size=ledger_page_size)
+            if ledger is not None else None)
 
     # ----------------------------------------------------------------- history readers
 
@@ -335,15 +349,16 @@ class PipelineCollector(Collector):
         counted is re-read whole, and one page past it at least)."""
         after = stream.tail.floor
         counted = stream.tail.high
+        size = stream.page_size or self.page_size
         try:
             while True:
-                page = stream.fetch(after, self.page_size)
+                page = stream.fetch(after, size)
                 for rec in page:
                     sid = stream.storage_id(rec)
                     if stream.tail.fresh(sid):
                         stream.apply(rec)  # may raise: the row stays unread
                         stream.tail.mark(sid)
-                if len(page) < self.page_size:
+                if len(page) < size:
                     stream.caught_up = stream.ever_caught_up = True
                     return
                 stream.caught_up = False
@@ -558,6 +573,11 @@ class PipelineCollector(Collector):
         return [source_up,
                 family(f"{PREFIX}_metrics_caught_up", 1.0 if self.caught_up() else 0.0),
                 family(f"{PREFIX}_metrics_collect_seconds", seconds)]
+
+
+def _sqlite(name: str) -> bool:
+    """SQLite has one writer at a time: ids are handed out in commit order (no late rows)."""
+    return "sqlite" in name.lower()
 
 
 def _extend(into: list[Metric], build: Callable[[], Iterable[Metric]]) -> None:

@@ -201,7 +201,7 @@ def test_history_is_left_out_until_caught_up(instance: dg.DagsterInstance,
     ledger.record([usage(f"S0{i}", "animatic", "gpu_sec", 1.0) for i in range(1, 5)])
     full = scrape(PipelineCollector(instance, ledger, gpu_query=no_gpu))
     slow = PipelineCollector(instance, ledger, gpu_query=no_gpu, page_size=1,
-                             scrape_budget_s=0.0)
+                             ledger_page_size=1, scrape_budget_s=0.0)
     s = scrape(slow)  # one page of one record per source
     assert value(s, "metrics_caught_up") == 0
     assert P + "clips_total" not in names(s) and P + "usage_total" not in names(s)
