@@ -280,6 +280,7 @@ class PipelineCollector(Collector):
         if ledger_margin is None and ledger is not None:
             ledger_margin = 0 if _sqlite(ledger.engine.dialect.name) else LEDGER_MARGIN
         self._lock = threading.Lock()
+        self._failing: set[str] = set()  # what could not be read (logged once)
         # running totals from history
         self.clips: Counter[str] = Counter({s: 0 for s in CLIP_STATUSES})
         self.reused = 0
@@ -376,10 +377,11 @@ class PipelineCollector(Collector):
 
     def _advance(self, budget_s: float) -> dict[str, bool]:
         deadline = time.monotonic() + budget_s
-        ok = [self._guard(partial(self._read, s, deadline)) for s in self.streams]
+        ok = [self._guard(s.name, partial(self._read, s, deadline)) for s in self.streams]
         up = {"instance": all(ok)}
         if self.ledger_stream is not None:
-            up["ledger"] = self._guard(partial(self._read, self.ledger_stream, deadline))
+            up["ledger"] = self._guard("usage", partial(self._read, self.ledger_stream,
+                                                        deadline))
         return up
 
     def caught_up(self) -> bool:
@@ -400,13 +402,19 @@ class PipelineCollector(Collector):
                 stop.wait(1.0)  # a source is down: try again, gently
         return False
 
-    @staticmethod
-    def _guard(read: Callable[[], object]) -> bool:
+    def _guard(self, what: str, read: Callable[[], object]) -> bool:
+        """Run ``read``; False when it raised (logged once until it works again)."""
         try:
             read()
-        except Exception:
-            log.warning("metrics: a source could not be read", exc_info=True)
+        except Exception as e:
+            if what not in self._failing:
+                self._failing.add(what)
+                log.warning("metrics: cannot read %s: %s: %s", what, type(e).__name__, e,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
             return False
+        if what in self._failing:
+            self._failing.discard(what)
+            log.warning("metrics: %s readable again", what)
         return True
 
     # ----------------------------------------------------------------- collect
@@ -417,7 +425,8 @@ class PipelineCollector(Collector):
             # Runs in progress first, then history: a run that ends in between is found by
             # its end event (and left out of the runs in progress), never missed.
             active: list[Any] = []
-            up = {"instance": self._guard(lambda: active.extend(self._active_runs()))}
+            up = {"instance": self._guard("runs in progress",
+                                          lambda: active.extend(self._active_runs()))}
             for source, read_ok in self._advance(self.scrape_budget_s).items():
                 up[source] = up.get(source, True) and read_ok
             out: list[Metric] = []
@@ -429,7 +438,7 @@ class PipelineCollector(Collector):
             ]
             for source, build in builders:
                 got: list[Metric] = []
-                if self._guard(partial(_extend, got, build)):
+                if self._guard(source, partial(_extend, got, build)):
                     out += got
                     up.setdefault(source, True)
                 else:

@@ -3,6 +3,7 @@ failures from real runs and events, runs and the backlog, usage and budgets, the
 policy, GPUs; incremental reads, restarts, and a source that cannot be read."""
 
 import datetime as dt
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -352,3 +353,17 @@ def test_a_source_that_cannot_be_read_is_reported_not_fatal(
     assert value(s, "metrics_source_up", source="instance") == 1
     assert value(s, "clips_total", status="ok") == 1
     assert (tmp_path / "runtime_profile.json").read_text(encoding="utf-8") == "{not json"
+
+
+def test_serve_refuses_a_port_in_use_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from anime_pipeline.cli import main
+
+    assert main(["metrics"]) == 2  # an action is required
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["metrics", "serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"metrics: cannot listen on 127.0.0.1:{port}:" in err
+    assert "Traceback" not in err
