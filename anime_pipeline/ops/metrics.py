@@ -136,7 +136,7 @@ FAMILIES: dict[str, Family] = {
         "What is left of a project's budget in its current period."),
     f"{PREFIX}_budget_limit": Family(
         "gauge", ("tenant", "project", "unit"), "A project's budget per period."),
-    f"{PREFIX}_gpu_count": Family("gauge", (), "NVIDIA GPUs this metrics server can read."),
+    f"{PREFIX}_gpus": Family("gauge", (), "NVIDIA GPUs this metrics server can read."),
     f"{PREFIX}_gpu_memory_used_bytes": Family("gauge", ("gpu", "name"), "VRAM in use."),
     f"{PREFIX}_gpu_memory_total_bytes": Family("gauge", ("gpu", "name"), "VRAM in all."),
     f"{PREFIX}_gpu_utilisation_ratio": Family(
@@ -556,7 +556,7 @@ class PipelineCollector(Collector):
 
     def _gpu_families(self) -> Iterator[Metric]:
         report = self.gpu_query()
-        yield family(f"{PREFIX}_gpu_count", float(len(report.gpus)))
+        yield family(f"{PREFIX}_gpus", float(len(report.gpus)))
         if not report.gpus:
             return
         used = family(f"{PREFIX}_gpu_memory_used_bytes")

@@ -3,7 +3,9 @@ failures from real runs and events, runs and the backlog, usage and budgets, the
 policy, GPUs; incremental reads, restarts, and a source that cannot be read."""
 
 import datetime as dt
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,12 +81,16 @@ def failed_render(instance: dg.DagsterInstance, first: str, last: str) -> str:
     return result.run_id
 
 
-def scrape(collector: PipelineCollector) -> Samples:
+def exposition(collector: PipelineCollector) -> str:
+    """One scrape, in the Prometheus text format."""
     registry = CollectorRegistry()
     registry.register(collector)
-    text = generate_latest(registry).decode()
+    return generate_latest(registry).decode()
+
+
+def scrape(collector: PipelineCollector) -> Samples:
     out: Samples = {}
-    for fam in text_string_to_metric_families(text):
+    for fam in text_string_to_metric_families(exposition(collector)):
         for s in fam.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out
@@ -157,7 +163,7 @@ def test_clip_renders_failures_and_reuse(instance: dg.DagsterInstance) -> None:
     assert value(s, "runs", job="render_clips", status="failure") == 1
     assert value(s, "metrics_caught_up") == 1
     assert value(s, "metrics_source_up", source="instance") == 1
-    assert value(s, "gpu_count") == 0 and P + "gpu_memory_used_bytes" not in names(s)
+    assert value(s, "gpus") == 0 and P + "gpu_memory_used_bytes" not in names(s)
 
 
 def test_reads_only_new_events_and_restarts_to_the_same_values(
@@ -319,18 +325,22 @@ def test_runtime_profile_policy_and_gpus(instance: dg.DagsterInstance, ledger: L
     assert value(s, "runtime_profile", profile_class="LOCAL_CPU_ONLY") == 0
     assert value(s, "policy_degraded") == 1 and value(s, "policy_degrade_level") == 1
     gpu = {"gpu": "0", "name": "NVIDIA Test GPU"}
-    assert value(s, "gpu_count") == 1
+    assert value(s, "gpus") == 1
     assert value(s, "gpu_memory_total_bytes", **gpu) == 24576 * 1024 * 1024
     assert value(s, "gpu_memory_used_bytes", **gpu) == 6144 * 1024 * 1024
     assert value(s, "gpu_utilisation_ratio", **gpu) == pytest.approx(0.37)
     # every family we document, and only those, is exported by a populated collector
     assert families(s) == set(FAMILIES)
+    if shutil.which("promtool"):  # Prometheus' own linter of names, types and help texts
+        lint = subprocess.run(["promtool", "check", "metrics"], input=exposition(collector),
+                              capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_no_gpu_on_this_machine_means_no_gpu_gauges(instance: dg.DagsterInstance) -> None:
     report_ = nvml.query()
     s = scrape(PipelineCollector(instance))
-    assert value(s, "gpu_count") == len(report_.gpus)
+    assert value(s, "gpus") == len(report_.gpus)
     if not report_.gpus:
         assert not {P + "gpu_memory_used_bytes", P + "gpu_memory_total_bytes",
                     P + "gpu_utilisation_ratio"} & names(s)
