@@ -398,8 +398,11 @@ class PipelineCollector(Collector):
             up = self.advance(slice_s)
             if self.caught_up():
                 return True
-            if not all(up.values()) and stop is not None:
-                stop.wait(1.0)  # a source is down: try again, gently
+            if not all(up.values()):  # a source is down: try again, gently
+                if stop is None:
+                    time.sleep(1.0)
+                else:
+                    stop.wait(1.0)
         return False
 
     def _guard(self, what: str, read: Callable[[], object]) -> bool:
@@ -424,9 +427,10 @@ class PipelineCollector(Collector):
         with self._lock:
             # Runs in progress first, then history: a run that ends in between is found by
             # its end event (and left out of the runs in progress), never missed.
-            active: list[Any] = []
-            up = {"instance": self._guard("runs in progress",
-                                          lambda: active.extend(self._active_runs()))}
+            found: list[Any] = []
+            read = self._guard("runs in progress", lambda: found.extend(self._active_runs()))
+            active = found if read else None  # None: unknown, so no runs or backlog gauges
+            up = {"instance": read}
             for source, read_ok in self._advance(self.scrape_budget_s).items():
                 up[source] = up.get(source, True) and read_ok
             out: list[Metric] = []
@@ -454,15 +458,19 @@ class PipelineCollector(Collector):
         return self.instance.get_run_records(dg.RunsFilter(statuses=list(ACTIVE)),
                                              limit=ACTIVE_RUNS_LIMIT)
 
-    def _instance_families(self, active: Sequence[Any]) -> Iterator[Metric]:
+    def _instance_families(self, active: Sequence[Any] | None) -> Iterator[Metric]:
+        history = all(s.ever_caught_up for s in self.streams)
+        if history:
+            yield from self._clip_families()
+        if active is None:
+            return
         runs = family(f"{PREFIX}_runs")
         counts: Counter[tuple[str, str]] = Counter()
         for rec in active:
             if rec.dagster_run.run_id not in self.run_ends:  # else: it ended since, counted so
                 counts[(rec.dagster_run.job_name, status_label(rec.dagster_run.status))] += 1
-        if all(s.ever_caught_up for s in self.streams):
+        if history:
             counts.update({k: v for k, v in self.ended.items() if v > 0})
-            yield from self._clip_families()
         for (job, status), n in sorted(counts.items()):
             runs.add_metric([job, status], n)
         yield runs
