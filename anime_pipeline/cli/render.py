@@ -6,6 +6,7 @@ Settings reach the jobs as resources and run config, never as environment variab
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel
 
+from anime_pipeline.defs.clips import USER_TAG
 from anime_pipeline.defs.partitions import clip_range_tags, register_partitions
 from anime_pipeline.defs.resources import pipeline_resources
 from anime_pipeline.domain.records import ClipStatus
@@ -172,8 +174,11 @@ def render_episode(
     folder: str | Path, *, config: PipelineConfig, instance: dg.DagsterInstance,
     instance_home: str = "", concurrency: int | None = None, burn_subtitles: bool = False,
     storage: Storage | None = None, say: Callable[[str], None] | None = None,
+    allow_rebalance: bool = False, user: str | None = None,
 ) -> RenderReport:
-    """Register the episode and materialize its whole graph on ``instance``."""
+    """Register the episode and materialize its whole graph on ``instance``. The runs carry
+    the ``user`` tag (default: the login name), which the usage ledger records;
+    ``allow_rebalance`` renders a plan that says ``rebalance_required``."""
     from anime_pipeline.definitions import defs
 
     def _say(msg: str) -> None:
@@ -193,11 +198,13 @@ def render_episode(
     resources = pipeline_resources(config, concurrency=concurrency,
                                    burn_subtitles=burn_subtitles)
     definitions = defs()
-    tags = {DRIVER_TAG: "cli", **worker_tags()}
+    tags = {DRIVER_TAG: "cli", USER_TAG: user or _login(), **worker_tags()}
+    clips_config = {"ops": {"clips": {"config": {"allow_rebalance": True}}}} \
+        if allow_rebalance else {}
     stages: list[tuple[str, str, dict[str, Any]]] = [
         ("plan_episode", "planning", {"partition_key": ep.key}),
         ("render_clips", f"rendering {len(shot_ids)} shots",
-         {"tags": clip_range_tags(ep.key, shot_ids)}),
+         {"tags": clip_range_tags(ep.key, shot_ids), "run_config": clips_config}),
         ("deliver_episode", "compositing and packaging", {"partition_key": ep.key}),
     ]
     run_ids: dict[str, str] = {}
@@ -209,7 +216,8 @@ def render_episode(
             job = definitions.resolve_job_def(job_name)
             with _watch_pool(instance, run_id, _say):
                 result = job.execute_in_process(
-                    instance=instance, run_config=SILENT_LOGS, resources=resources,
+                    instance=instance, run_config={**SILENT_LOGS, **kwargs.pop("run_config", {})},
+                    resources=resources,
                     raise_on_error=False, run_id=run_id,
                     tags={**tags, **kwargs.pop("tags", {})}, **kwargs)
             if not result.success:
@@ -248,6 +256,13 @@ def _clip_stats(instance: dg.DagsterInstance, run_id: str | None) -> dict[str, A
     run = instance.get_run_by_id(run_id) if run_id else None
     raw = run.tags.get(CLIP_STATS_TAG) if run else None
     return json.loads(raw) if raw else {}
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        return "unknown"
 
 
 def stderr_say(msg: str) -> None:
