@@ -225,7 +225,10 @@ def _limits(p: RuntimeProfile, policy: ExecutionPolicy, lang: str) -> list[str]:
     return out
 
 
-def _improve(p: RuntimeProfile, lang: str) -> list[str]:
+def recommendations(p: RuntimeProfile, lang: str = "en") -> list[str]:
+    """What would improve the machine, one sentence each (the "What would improve it"
+    section of :func:`explain_profile`): what moves it up a class, and what is broken."""
+    lang = _lang(lang)
     out: list[str] = []
     cls = p.profile_class
     if cls == "LOCAL_CPU_ONLY":
@@ -349,7 +352,7 @@ def explain_profile(
         (_t(lang, "Class", "等级"), [f"{cls} — {class_name(cls, lang)}"]),
         (_t(lang, "Why", "原因"), _why(profile, lang)),
         (_t(lang, "What it limits", "限制"), _limits(profile, policy, lang)),
-        (_t(lang, "What would improve it", "改进建议"), _improve(profile, lang)),
+        (_t(lang, "What would improve it", "改进建议"), recommendations(profile, lang)),
     ]
     parts = [title]
     for head, lines in sections:
