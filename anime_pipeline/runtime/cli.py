@@ -13,12 +13,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from anime_pipeline.runtime import control
-from anime_pipeline.runtime.explain import describe_policy, explain_profile
+from anime_pipeline.runtime.explain import describe_policy, describe_sample, explain_profile, when
 from anime_pipeline.runtime.monitor import Thresholds, restore_samples_needed
 from anime_pipeline.runtime.state import default_state_dir, detect_profile
 
@@ -30,12 +29,6 @@ def _default_lang() -> str:
 
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if getattr(args, "state_dir", None) else default_state_dir()
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def _print_json(obj: Any) -> None:
@@ -67,7 +60,7 @@ def _print_status(st: control.RuntimeStatus, lang: str) -> None:
         head = "降级步骤：" if zh else "Degrade steps:"
         print(head)
         for i, s in enumerate(state.steps, 1):
-            print(f"  {i}. [{s.kind}, {s.source}] {s.reason} ({_when(s.at)})")
+            print(f"  {i}. [{s.kind}, {s.source}] {s.reason} ({when(s.at)})")
         if state.manual_hold:
             print(
                 "  手动降级：监控不会自动恢复，请用 `anime-pipeline runtime restore`。"
@@ -82,18 +75,7 @@ def _print_status(st: control.RuntimeStatus, lang: str) -> None:
                 else f"  Auto-restore after {need} healthy samples in a row "
                 f"(now {state.healthy_streak})."
             )
-    snap = state.last_snapshot
-    if snap is not None:
-        vram = "-" if snap.vram_used_frac is None else f"{snap.vram_used_frac:.0%}"
-        fail = "-" if snap.recent_failure_rate is None else f"{snap.recent_failure_rate:.0%}"
-        label = "最近采样" if zh else "Last sample"
-        print(
-            f"{label} ({_when(snap.taken_at)}): VRAM {vram}, "
-            f"mem {snap.mem_available_gb:.1f} GB, CPU {snap.cpu_percent or 0:.0f}%, "
-            f"clip failures {fail} ({snap.failures}/{snap.failure_samples})"
-        )
-    else:
-        print("监控尚未采样。" if zh else "The monitor has not sampled yet.")
+    print(describe_sample(state.last_snapshot, lang))
     print(("状态目录：" if zh else "State: ") + str(st.state_dir.absolute()))
 
 
