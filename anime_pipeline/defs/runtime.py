@@ -1,4 +1,5 @@
-"""Dagster layer of the runtime profile: the ``runtime_profile`` asset and the monitor sensor.
+"""Dagster layer of the runtime profile: the ``runtime_profile`` asset, the monitor sensor and
+the control jobs.
 
 The logic lives in :mod:`anime_pipeline.runtime` (no Dagster there); this module only reads the
 instance (run and event records, pool limits) and writes what the UI shows. The policy in force
@@ -11,8 +12,12 @@ is the ``runtime`` resource (:class:`~anime_pipeline.defs.resources.RuntimePolic
   renders from this instance's own records, applies :func:`~anime_pipeline.runtime.monitor.
   evaluate`, keeps the state in the state folder's ``runtime_state.json`` (and a copy in the
   sensor cursor), and keeps the ``gpu`` pool limit equal to the number of GPUs (at least 1).
+* ``runtime_degrade`` (config ``reason``), ``runtime_restore``, ``runtime_redetect`` — jobs to
+  launch from the UI: what ``anime-pipeline runtime degrade|restore|reload`` do (both call
+  :mod:`anime_pipeline.runtime.control`), each reported as a materialization of
+  ``runtime_profile``.
 
-Every writer of ``runtime_profile`` (the asset, the sensor) gives it the same
+Every writer of ``runtime_profile`` (the asset, the sensor, the jobs) gives it the same
 metadata, :func:`runtime_metadata`: the class, the policy, whether and why it is degraded, the
 monitor's last sample, the explanation and the recommendations.
 """
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from anime_pipeline.defs.metadata import read_clip_metadata
 from anime_pipeline.defs.resources import RuntimePolicyResource
@@ -187,7 +193,8 @@ def status_metadata(st: control.RuntimeStatus) -> dict[str, Any]:
     group_name=RUNTIME_GROUP,
     kinds={"python"},
     description="What the pipeline runs on, its class and the execution policy in force. "
-    "Materialize to re-detect; the runtime monitor sensor reports every policy change here.",
+    "Materialize (or launch runtime_redetect) to re-detect; the runtime_degrade and "
+    "runtime_restore jobs and the runtime monitor sensor report every policy change here.",
 )
 def runtime_profile(
     context: dg.AssetExecutionContext, runtime: RuntimePolicyResource
@@ -196,6 +203,63 @@ def runtime_profile(
     context.log.info(f"re-detected {st.profile.profile_class.value}: "
                      f"{describe_policy(st.policy, 'en')}")
     return dg.MaterializeResult(metadata=status_metadata(st))
+
+
+# --------------------------------------------------------------------------- the control jobs
+
+
+class DegradeConfig(dg.Config):
+    reason: str = Field(
+        description="Why the policy goes down a step (required, not blank): recorded in the "
+        "policy and shown on runtime_profile, e.g. 'render farm maintenance'.")
+
+
+def _report(context: dg.OpExecutionContext, st: control.RuntimeStatus, what: str) -> None:
+    """Log what was done and report the status now as a materialization of runtime_profile."""
+    context.log.info(f"{what}. {describe_policy(st.policy, 'en')}")
+    context.log_event(dg.AssetMaterialization(
+        asset_key=RUNTIME_PROFILE_KEY, description=what, metadata=status_metadata(st)))
+
+
+@dg.op(description="Degrade the execution policy one step now, by hand; held until "
+                   "runtime_restore (the monitor never restores it).")
+def degrade_policy(
+    context: dg.OpExecutionContext, config: DegradeConfig, runtime: RuntimePolicyResource
+) -> None:
+    try:
+        st = control.degrade(runtime.state_dir, config.reason)
+    except ValueError as e:
+        raise dg.Failure(description=f"{e}; set ops.degrade_policy.config.reason in the "
+                                     "Launchpad") from None
+    _report(context, st, f"degraded by hand to level {st.policy.degrade_level}: "
+                         f"{config.reason.strip()}")
+
+
+@dg.op(description="Back to the baseline policy of the runtime profile (any degrade, manual "
+                   "or the monitor's).")
+def restore_policy(context: dg.OpExecutionContext, runtime: RuntimePolicyResource) -> None:
+    st, was_degraded = control.restore(runtime.state_dir)
+    _report(context, st, "restored to the baseline" if was_degraded
+            else "already at the baseline; nothing to restore")
+
+
+@dg.job(description="Degrade the execution policy one step now (config: reason), held until "
+                    "runtime_restore; what `anime-pipeline runtime degrade --reason` does.")
+def runtime_degrade() -> None:
+    degrade_policy()
+
+
+@dg.job(description="Restore the baseline execution policy; what `anime-pipeline runtime "
+                    "restore` does.")
+def runtime_restore() -> None:
+    restore_policy()
+
+
+runtime_redetect = dg.define_asset_job(
+    "runtime_redetect", selection=[runtime_profile],
+    description="Re-detect the machine and re-resolve the baseline policy (degrade steps "
+                "kept): materializes runtime_profile; what `anime-pipeline runtime reload` does.",
+)
 
 
 # --------------------------------------------------------------------------- clip failure rate
