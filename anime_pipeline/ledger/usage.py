@@ -87,6 +87,8 @@ def budget_verdict(status: BudgetStatus | None, estimate_gpu_sec: float, *,
     local backends) or ``refuse`` (spend nothing)."""
     if status is None:
         return BudgetVerdict("render", "no budget set")
+    if estimate_gpu_sec <= 0:
+        return BudgetVerdict("render", "nothing to spend (every clip is current)")
     b = status.budget
     need = status.spent_gpu_sec + max(0.0, estimate_gpu_sec)
     if need <= status.limit_gpu_sec:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from anime_pipeline_tests.conftest import minimal_episode
+from anime_pipeline_tests.conftest import minimal_episode, tiny_png
 from anime_pipeline_tests.support.comfyui_double import ComfyDouble
 from anime_pipeline_tests.support.farm import render_backends_yaml
 
@@ -55,10 +55,15 @@ def test_usage_then_a_refused_render_then_the_budget_raised(tmp_path: Path) -> N
         table = _cli("usage", "--by", "user", "--project", "moonlit-courier", env=env)
         assert table.returncode == 0 and "gpu_min" in table.stdout, table.stderr
 
-        # The project has spent more than 0.001 GPU minutes: a re-render is refused.
+        # A clip that is current costs nothing: a re-render is never refused.
         assert _cli("budget", "set", "--tenant", "studio-a", "--project", "moonlit-courier",
                     "--gpu-minutes", "0.001", "--on-exceed", "refuse",
                     env=env).returncode == 0
+        assert _cli("render", str(folder), "--json", env=env).returncode == 0
+        assert len(a.prompts) == prompts
+        # S01's keyframe changes: it must render again, and the project has spent more than
+        # its 0.001 GPU minutes: refused, before a prompt is sent.
+        (folder / "keyframes" / "S01.png").write_bytes(tiny_png(64, 36, b"\x00\xff\x00"))
         shown = json.loads(_cli("budget", "show", "--json", env=env).stdout)
         assert shown[0]["exceeded"] is True and shown[0]["on_exceed"] == "refuse"
         refused = _cli("render", str(folder), "--json", env=env)
@@ -72,10 +77,9 @@ def test_usage_then_a_refused_render_then_the_budget_raised(tmp_path: Path) -> N
                     "--gpu-minutes", "100", "--on-exceed", "refuse", env=env).returncode == 0
         again = _cli("render", str(folder), "--json", env=env)
         assert again.returncode == 0, again.stderr[-2000:]
-    # The clips are current: reused, nothing new billed.
-    assert len(a.prompts) == prompts
-    after = json.loads(_cli("usage", "--json", env=env).stdout)["rows"]
-    assert after == [row]
+    assert len(a.prompts) == prompts + 1  # S01 only; S02 is reused
+    [after] = json.loads(_cli("usage", "--json", env=env).stdout)["rows"]
+    assert after["calls"] == prompts + 1
 
 
 def test_a_plan_that_does_not_fit_renders_only_when_the_user_says_so(tmp_path: Path) -> None:

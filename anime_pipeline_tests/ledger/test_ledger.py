@@ -214,3 +214,14 @@ def test_the_price_table_is_read_from_the_home_and_refused_with_the_field_named(
         (tmp_path / "prices.yaml").write_text(text, encoding="utf-8")
         with pytest.raises(PriceTableError, match=field):
             load_prices(tmp_path)
+
+
+def test_nothing_to_render_is_never_refused(ledger: Ledger) -> None:
+    ledger.record([entry(amount=600)])
+    budget = ProjectBudget(tenant="studio-b", project="glass-harbor", gpu_minutes=1,
+                           on_exceed="refuse")
+    ledger.set_budget(budget)
+    status = ledger.status(budget, T0)
+    assert status.exceeded
+    assert budget_verdict(status, 0.0).verdict == "render"  # every clip reused: no spend
+    assert budget_verdict(status, 0.5).verdict == "refuse"
