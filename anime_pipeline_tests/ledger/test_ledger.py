@@ -134,7 +134,7 @@ def test_budgets_are_set_replaced_and_counted_in_their_period(ledger: Ledger) ->
     assert total.spent_gpu_sec == 720.0 and total.exceeded
     assert budget_verdict(status, 60).verdict == "render"
     refused = budget_verdict(status, 121, what="ep01")
-    assert refused.verdict == "refuse" and "2.0 of 4 GPU minutes spent" in refused.message
+    assert refused.verdict == "refuse" and "2 of 4 GPU minutes spent" in refused.message
     assert ledger.remove_budget("studio-b", "glass-harbor")
     assert not ledger.remove_budget("studio-b", "glass-harbor")
     assert ledger.budget_status("studio-b", "glass-harbor") is None
