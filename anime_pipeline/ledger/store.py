@@ -310,6 +310,40 @@ class Ledger:
         with self.engine.connect() as conn:
             return [(k, kd, t) for k, kd, t in conn.execute(q)]
 
+    def has_notification(self, key: str) -> bool:
+        """Whether ``key`` was claimed (a cheap read before a claim that is likely taken)."""
+        q = sa.select(notifications.c.key).where(notifications.c.key == key)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
+    def notifications_to_retry(self, max_tries: int = 5, *, abandoned_after_s: float = 600.0,
+                               now: dt.datetime | None = None
+                               ) -> list[tuple[str, str, str, int, str | None]]:
+        """``(key, kind, text, tries, error)`` of claimed notifications not sent yet: those whose
+        send failed (fewer than ``max_tries`` tries), and those claimed more than
+        ``abandoned_after_s`` ago whose sender never reported (it died between the claim and
+        the send). Take one with :meth:`take_notification` before sending it again."""
+        n = notifications.c
+        cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=abandoned_after_s)
+        q = (sa.select(n.key, n.kind, n.text, n.tries, n.error, n.created_at)
+             .where(n.sent_at.is_(None), n.tries < max_tries).order_by(n.created_at))
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        return [(r.key, r.kind, r.text, int(r.tries), r.error) for r in rows
+                if r.tries > 0 or r.error is not None or _aware(r.created_at) < cutoff]
+
+    def take_notification(self, key: str, *, tries: int, error: str | None, mark: str) -> bool:
+        """Take an unsent notification for one more try, as last read (``tries``, ``error``):
+        True for exactly one caller, which finds ``mark`` in ``error`` until it reports with
+        :meth:`notification_done` (a compare-and-set, so two retriers never send it twice)."""
+        n = notifications.c
+        same_error = n.error.is_(None) if error is None else n.error == error
+        with self.engine.begin() as conn:
+            result = conn.execute(notifications.update()
+                                  .where(n.key == key, n.sent_at.is_(None), n.tries == tries,
+                                         same_error).values(error=mark))
+        return bool(result.rowcount)
+
     def sent_notifications(self, kind: str | None = None) -> Sequence[Any]:
         q = sa.select(notifications).order_by(notifications.c.created_at)
         if kind is not None:
