@@ -1,0 +1,1 @@
+"""Operations: what the pipeline tells the people who run it (no Dagster import)."""
