@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -82,6 +83,7 @@ def _report(result: RenderReport, as_json: bool) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from anime_pipeline.defs.resources import NotifierResource
     from anime_pipeline.instance import open_instance
     from anime_pipeline.media.ffmpeg import ffmpeg_binary, ffmpeg_source
 
@@ -101,7 +103,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             result = render_episode(args.episode_dir, config=config, instance=instance,
                                     instance_home=str(home), concurrency=args.concurrency,
                                     burn_subtitles=args.burn_subtitles, say=say,
-                                    allow_rebalance=args.allow_rebalance)
+                                    allow_rebalance=args.allow_rebalance,
+                                    notifier=NotifierResource.from_environ(os.environ))
     except EpisodeValidationError as e:
         _print_problems(e)
         return EXIT_FAILED
