@@ -501,8 +501,6 @@ def check_budgets(ledger: Ledger, notifier: Notifier, tenant: str | None = None,
             if status.spent_gpu_sec < status.limit_gpu_sec * threshold / 100:
                 break
             n = budget_notification(status, threshold)
-            if ledger.has_notification(n.key):
-                continue
-            if notifier.notify(n):
+            if notifier.notify(n):  # a read first: a claim only when it was never sent
                 sent.append(n.key)
     return sent
