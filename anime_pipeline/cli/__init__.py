@@ -83,7 +83,7 @@ def _report(result: RenderReport, as_json: bool) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from anime_pipeline.defs.resources import NotifierResource
+    from anime_pipeline.defs.resources import LedgerResource, NotifierResource
     from anime_pipeline.instance import open_instance
     from anime_pipeline.media.ffmpeg import ffmpeg_binary, ffmpeg_source
 
@@ -104,7 +104,8 @@ def cmd_render(args: argparse.Namespace) -> int:
                                     instance_home=str(home), concurrency=args.concurrency,
                                     burn_subtitles=args.burn_subtitles, say=say,
                                     allow_rebalance=args.allow_rebalance,
-                                    notifier=NotifierResource.from_environ(os.environ))
+                                    notifier=NotifierResource.from_environ(os.environ),
+                                    ledger=LedgerResource.from_environ(os.environ, config.home))
     except EpisodeValidationError as e:
         _print_problems(e)
         return EXIT_FAILED

@@ -177,13 +177,14 @@ def render_episode(
     instance_home: str = "", concurrency: int | None = None, burn_subtitles: bool = False,
     storage: Storage | None = None, say: Callable[[str], None] | None = None,
     allow_rebalance: bool = False, user: str | None = None,
-    notifier: NotifierResource | None = None,
+    notifier: NotifierResource | None = None, ledger: LedgerResource | None = None,
 ) -> RenderReport:
     """Register the episode and materialize its whole graph on ``instance``. The runs carry
     the ``user`` tag (default: the login name), which the usage ledger records;
     ``allow_rebalance`` renders a plan that says ``rebalance_required``. ``notifier``: where
     alerts go (none: logged and recorded only); a failed stage notifies ``run_failed`` here, as
-    no daemon sees the runs of this process."""
+    no daemon sees the runs of this process. ``ledger``: where usage goes (default SQLite
+    under the pipeline home)."""
     from anime_pipeline.definitions import defs
 
     def _say(msg: str) -> None:
@@ -202,9 +203,10 @@ def render_episode(
         _say(f"freed the {GPU_POOL} slot of run {r.run_id[:8]} ({r.job_name}): {r.why}")
     notifier = notifier or NotifierResource()
     resources = pipeline_resources(config, concurrency=concurrency,
-                                   burn_subtitles=burn_subtitles, notifier=notifier)
-    ledger = cast(LedgerResource, resources["ledger"]).ledger()
-    notifier.notifier(ledger)  # a webhook URL that cannot work is refused before any work
+                                   burn_subtitles=burn_subtitles, notifier=notifier,
+                                   ledger=ledger)
+    book = cast(LedgerResource, resources["ledger"]).ledger()
+    notifier.notifier(book)  # a webhook URL that cannot work is refused before any work
     definitions = defs()
     tags = {DRIVER_TAG: "cli", USER_TAG: user or _login(), **worker_tags()}
     clips_config = {"ops": {"clips": {"config": {"allow_rebalance": True}}}} \
@@ -230,7 +232,7 @@ def render_episode(
                     tags={**tags, **kwargs.pop("tags", {})}, **kwargs)
             if not result.success:
                 reason = failure_reason(result)
-                notify_failed(instance, notifier, ledger, job_name, run_id, ep.key, reason)
+                notify_failed(instance, notifier, book, job_name, run_id, ep.key, reason)
                 raise RenderFailed(job_name, run_id, reason)
     keys = EpisodeKeys(ep.key)
     plan = read_compute_plan(store, ep.key)

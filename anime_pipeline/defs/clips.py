@@ -30,6 +30,7 @@ from anime_pipeline.defs.planning_assets import (
 from anime_pipeline.defs.resources import (
     GpuResource,
     LedgerResource,
+    NotifierResource,
     PipelineSettings,
     RenderSettings,
     RuntimePolicyResource,
@@ -39,8 +40,9 @@ from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import claim_run_worker
-from anime_pipeline.ledger import load_prices
+from anime_pipeline.ledger import BudgetStatus, load_prices
 from anime_pipeline.media.ffmpeg import ffmpeg_info
+from anime_pipeline.ops.notify import check_budgets
 from anime_pipeline.pipeline import catalog, delivery, planning
 from anime_pipeline.pipeline import clips as clip_cases
 from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
@@ -156,7 +158,7 @@ def _check_stored_clips(store: Storage, keys: Sequence[str]
 def clips(
     context: dg.AssetExecutionContext, config: ClipsConfig, settings: PipelineSettings,
     storage: StorageResource, render_settings: RenderSettings, runtime: RuntimePolicyResource,
-    gpu: GpuResource, ledger: LedgerResource,
+    gpu: GpuResource, ledger: LedgerResource, notifier: NotifierResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.AssetObservation]:
     claim_run_worker(context.instance, context.run.run_id)
     store = storage.store()
@@ -168,13 +170,20 @@ def clips(
     queued = context.instance.get_runs_count(dg.RunsFilter(statuses=ACTIVE_RUNS))
     profile = runtime.profile()  # the machine as found; the monitor's steps are read live
     state_dir = Path(runtime.state_dir)
+    book = ledger.ledger()
+    alerts = notifier.notifier(book, log=context.log)
+
+    def budget_alerts(status: BudgetStatus | None) -> None:  # after each shot's usage
+        if status is not None:
+            check_budgets(book, alerts, status.budget.tenant, status.budget.project)
+
     with clip_cases.clips_run(
         policy_in_force(state_dir, profile), concurrency=render_settings.concurrency,
         home=home, backends_config=load_backends(home), nvenc_fits=gpu.vram_check,
         run_id=context.run.run_id, live_policy=lambda: policy_in_force(state_dir, profile),
         revision=lambda: StateStore(state_dir).load().revision,
-        ledger=ledger.ledger(), user=context.run.tags.get(USER_TAG, "unknown"),
-        prices=load_prices(home),
+        ledger=book, user=context.run.tags.get(USER_TAG, "unknown"),
+        prices=load_prices(home), on_recorded=budget_alerts,
     ) as run:
         for note in run.env.notes:
             context.log.warning(note)

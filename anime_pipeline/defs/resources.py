@@ -6,6 +6,7 @@ from the project's defaults."""
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -175,6 +176,11 @@ class LedgerResource(dg.ConfigurableResource):
                                  "($ANIME_PIPELINE_LEDGER_URL); default SQLite under the "
                                  "pipeline home.")
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], home: Path) -> "LedgerResource":
+        """``$ANIME_PIPELINE_LEDGER_URL``, else SQLite under ``home`` (for the CLI)."""
+        return cls(url=environ.get(LEDGER_URL_ENV) or default_url(home))
+
     def ledger(self) -> Ledger:
         return Ledger(self.url)
 
@@ -216,10 +222,11 @@ def _env(environ: Mapping[str, str], name: str, default: str | None) -> Any:
 def pipeline_resources(
     config: PipelineConfig, *, environ: Mapping[str, str] | None = None,
     concurrency: int | None = None, burn_subtitles: bool | None = None,
-    notifier: NotifierResource | None = None,
+    notifier: NotifierResource | None = None, ledger: LedgerResource | None = None,
 ) -> dict[str, dg.ConfigurableResource]:
     """Every resource the pipeline uses. The code location binds them from the environment;
-    the CLI and the tests pass their own ``config`` (and options, ``notifier``) instead."""
+    the CLI and the tests pass their own ``config`` (and options, ``notifier``, ``ledger``)
+    instead."""
     env: Mapping[str, str] = {} if environ is None else environ
     home = _env(env, HOME_ENV, str(config.home))
     storage: StorageResource
@@ -242,7 +249,8 @@ def pipeline_resources(
         "render_settings": RenderSettings(concurrency=concurrency, burn_subtitles=burn_subtitles),
         "runtime": RuntimePolicyResource(state_dir=home),
         "gpu": GpuResource(),
-        "ledger": LedgerResource(url=_env(env, LEDGER_URL_ENV, default_url(config.home))),
+        "ledger": ledger or LedgerResource(
+            url=_env(env, LEDGER_URL_ENV, default_url(config.home))),
         "notifier": notifier or NotifierResource(
             webhook_url=_env(env, WEBHOOK_URL_ENV, ""), ui_base_url=_env(env, UI_URL_ENV, "")),
     }

@@ -94,3 +94,24 @@ def test_a_plan_that_does_not_fit_renders_only_when_the_user_says_so(tmp_path: P
     done = _cli("render", str(folder), "--allow-rebalance", "--json", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["plan_status"] == "rebalance_required"
+
+
+def test_a_render_that_crosses_its_budget_alerts_once_without_a_daemon(tmp_path: Path) -> None:
+    from anime_pipeline_tests.support.webhook import Receiver
+
+    folder = minimal_episode(tmp_path / "ep")
+    with Receiver() as hook:
+        env = {**_env(tmp_path), "ANIME_PIPELINE_WEBHOOK_URL": hook.url}
+        assert _cli("budget", "set", "--tenant", "studio-a", "--project", "moonlit-courier",
+                    "--gpu-minutes", "0.001", "--on-exceed", "alert", env=env).returncode == 0
+        done = _cli("render", str(folder), env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (folder / "keyframes" / "S01.png").write_bytes(tiny_png(64, 36, b"\x00\xff\x00"))
+        again = _cli("render", str(folder), env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        hook.wait_for(4)
+        texts = hook.texts()
+    budget = [t for t in texts if "budget" in t.lower()]
+    assert len(budget) == 2, texts  # 80 % and 100 %, once in the period, over two renders
+    assert any("80" in t for t in budget) and any("100" in t for t in budget)
+    assert sum("delivered" in t.lower() for t in texts) == 2, texts
