@@ -96,5 +96,6 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(tmp_path / "artifacts"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     for name in ("ANIME_PIPELINE_S3_BUCKET", "ANIME_PIPELINE_INBOX", "FFMPEG_BINARY",
-                 "ANIME_PIPELINE_RENDER_CONCURRENCY", "ANIME_PIPELINE_BURN_SUBTITLES"):
+                 "ANIME_PIPELINE_RENDER_CONCURRENCY", "ANIME_PIPELINE_BURN_SUBTITLES",
+                 "ANIME_PIPELINE_WEBHOOK_URL", "ANIME_PIPELINE_UI_URL"):
         monkeypatch.delenv(name, raising=False)

@@ -1,5 +1,5 @@
 """``anime-pipeline``: validate, render and demo from the command line, plus the runtime
-commands (``profile``, ``runtime ...``).
+commands (``profile``, ``runtime ...``) and the ledger's (``usage``, ``budget ...``).
 
 ``render`` runs the same Dagster jobs as the UI on the same instance — ``$DAGSTER_HOME``, else
 the project's ``.dagster`` folder — wherever it is started, and prints which one.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -82,6 +83,7 @@ def _report(result: RenderReport, as_json: bool) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from anime_pipeline.defs.resources import LedgerResource, NotifierResource
     from anime_pipeline.instance import open_instance
     from anime_pipeline.media.ffmpeg import ffmpeg_binary, ffmpeg_source
 
@@ -100,7 +102,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         with open_instance(home) as instance:
             result = render_episode(args.episode_dir, config=config, instance=instance,
                                     instance_home=str(home), concurrency=args.concurrency,
-                                    burn_subtitles=args.burn_subtitles, say=say)
+                                    burn_subtitles=args.burn_subtitles, say=say,
+                                    allow_rebalance=args.allow_rebalance,
+                                    notifier=NotifierResource.from_environ(os.environ),
+                                    ledger=LedgerResource.from_environ(os.environ, config.home))
     except EpisodeValidationError as e:
         _print_problems(e)
         return EXIT_FAILED
@@ -172,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="shots rendered at once (default 4, capped by the runtime policy)")
         p.add_argument("--burn-subtitles", action="store_true",
                        help="also draw the subtitles into the video")
+        p.add_argument("--allow-rebalance", action="store_true",
+                       help="render even when the plan says rebalance_required (it does not "
+                            "fit the episode's budget or deadline)")
         p.add_argument("--home", help="pipeline home (default $ANIME_PIPELINE_HOME, else the "
                                       "project's .anime_pipeline)")
     p = sub.add_parser("concurrency", help="shots rendered at once, live (1..6): on farms "
@@ -179,11 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("value", type=int, nargs="?", help="the new setting; none: print it")
     p.add_argument("--home", help="pipeline home")
     p.set_defaults(func=cmd_concurrency)
+    from anime_pipeline.cli import ledger
+    from anime_pipeline.ops import cli as ops_cli
     from anime_pipeline.runtime.cli import add_subcommands
 
+    ledger.add_subcommands(sub)
     add_subcommands(sub)
-    from anime_pipeline.ops.cli import add_subcommands as add_ops_commands  # metrics
-    add_ops_commands(sub)
+    ops_cli.add_subcommands(sub)
     return parser
 
 

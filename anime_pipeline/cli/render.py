@@ -6,6 +6,7 @@ Settings reach the jobs as resources and run config, never as environment variab
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import re
@@ -16,13 +17,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 from pydantic import BaseModel
 
+from anime_pipeline.defs.clips import USER_TAG
 from anime_pipeline.defs.partitions import clip_range_tags, register_partitions
-from anime_pipeline.defs.resources import pipeline_resources
+from anime_pipeline.defs.resources import LedgerResource, NotifierResource, pipeline_resources
 from anime_pipeline.domain.records import ClipStatus
 from anime_pipeline.instance import (
     DRIVER_TAG,
@@ -31,7 +33,9 @@ from anime_pipeline.instance import (
     reap_dead_runs,
     worker_tags,
 )
+from anime_pipeline.ledger import Ledger
 from anime_pipeline.logs import JsonFormatter, json_format
+from anime_pipeline.ops.notify import Notifier, run_failed_notification
 from anime_pipeline.pipeline import catalog
 from anime_pipeline.pipeline.clips import read_clip_records
 from anime_pipeline.pipeline.planning import read_compute_plan
@@ -172,8 +176,15 @@ def render_episode(
     folder: str | Path, *, config: PipelineConfig, instance: dg.DagsterInstance,
     instance_home: str = "", concurrency: int | None = None, burn_subtitles: bool = False,
     storage: Storage | None = None, say: Callable[[str], None] | None = None,
+    allow_rebalance: bool = False, user: str | None = None,
+    notifier: NotifierResource | None = None, ledger: LedgerResource | None = None,
 ) -> RenderReport:
-    """Register the episode and materialize its whole graph on ``instance``."""
+    """Register the episode and materialize its whole graph on ``instance``. The runs carry
+    the ``user`` tag (default: the login name), which the usage ledger records;
+    ``allow_rebalance`` renders a plan that says ``rebalance_required``. ``notifier``: where
+    alerts go (none: logged and recorded only); a failed stage notifies ``run_failed`` here, as
+    no daemon sees the runs of this process. ``ledger``: where usage goes (default SQLite
+    under the pipeline home)."""
     from anime_pipeline.definitions import defs
 
     def _say(msg: str) -> None:
@@ -190,14 +201,20 @@ def render_episode(
     reaped = reap_dead_runs(instance)
     for r in reaped:
         _say(f"freed the {GPU_POOL} slot of run {r.run_id[:8]} ({r.job_name}): {r.why}")
+    notifier = notifier or NotifierResource()
     resources = pipeline_resources(config, concurrency=concurrency,
-                                   burn_subtitles=burn_subtitles)
+                                   burn_subtitles=burn_subtitles, notifier=notifier,
+                                   ledger=ledger)
+    book = cast(LedgerResource, resources["ledger"]).ledger()
+    notifier.notifier(book)  # a webhook URL that cannot work is refused before any work
     definitions = defs()
-    tags = {DRIVER_TAG: "cli", **worker_tags()}
+    tags = {DRIVER_TAG: "cli", USER_TAG: user or _login(), **worker_tags()}
+    clips_config = {"ops": {"clips": {"config": {"allow_rebalance": True}}}} \
+        if allow_rebalance else {}
     stages: list[tuple[str, str, dict[str, Any]]] = [
         ("plan_episode", "planning", {"partition_key": ep.key}),
         ("render_clips", f"rendering {len(shot_ids)} shots",
-         {"tags": clip_range_tags(ep.key, shot_ids)}),
+         {"tags": clip_range_tags(ep.key, shot_ids), "run_config": clips_config}),
         ("deliver_episode", "compositing and packaging", {"partition_key": ep.key}),
     ]
     run_ids: dict[str, str] = {}
@@ -209,11 +226,14 @@ def render_episode(
             job = definitions.resolve_job_def(job_name)
             with _watch_pool(instance, run_id, _say):
                 result = job.execute_in_process(
-                    instance=instance, run_config=SILENT_LOGS, resources=resources,
+                    instance=instance, run_config={**SILENT_LOGS, **kwargs.pop("run_config", {})},
+                    resources=resources,
                     raise_on_error=False, run_id=run_id,
                     tags={**tags, **kwargs.pop("tags", {})}, **kwargs)
             if not result.success:
-                raise RenderFailed(job_name, run_id, failure_reason(result))
+                reason = failure_reason(result)
+                notify_failed(instance, notifier, book, job_name, run_id, ep.key, reason)
+                raise RenderFailed(job_name, run_id, reason)
     keys = EpisodeKeys(ep.key)
     plan = read_compute_plan(store, ep.key)
     records = read_clip_records(store, bundle)
@@ -244,10 +264,46 @@ def render_episode(
     )
 
 
+class _RunLog:
+    """A notifier's log lines as engine events of a finished run: in its Dagster log."""
+
+    def __init__(self, instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> None:
+        self.instance, self.run = instance, run
+
+    def debug(self, msg: str, /) -> None:
+        pass
+
+    def info(self, msg: str, /) -> None:
+        self.instance.report_engine_event(msg, dagster_run=self.run)
+
+    warning = error = info
+
+
+def notify_failed(instance: dg.DagsterInstance, notifier: NotifierResource, ledger: Ledger,
+                  job: str, run_id: str, episode: str, reason: str) -> None:
+    """``run_failed`` for a stage this process ran (the failure sensor's key: one message
+    between them), logged in the run's Dagster log. Never raises: the failure is the news."""
+    try:
+        alerts: Notifier = notifier.notifier(ledger, log=_RunLog(
+            instance, instance.get_run_by_id(run_id)))
+        alerts.notify(run_failed_notification(run_id=run_id, job=job, reason=reason,
+                                              episode=episode, ui_base_url=alerts.ui_base_url))
+    except Exception as e:
+        logging.getLogger("anime_pipeline.notify").warning(
+            "run_failed notification of run %s not sent: %s: %s", run_id, type(e).__name__, e)
+
+
 def _clip_stats(instance: dg.DagsterInstance, run_id: str | None) -> dict[str, Any]:
     run = instance.get_run_by_id(run_id) if run_id else None
     raw = run.tags.get(CLIP_STATS_TAG) if run else None
     return json.loads(raw) if raw else {}
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        return "unknown"
 
 
 def stderr_say(msg: str) -> None:

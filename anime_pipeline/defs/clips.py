@@ -10,6 +10,7 @@ or a placeholder slate. Across runs, ``clips`` steps take a slot of the ``gpu`` 
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -28,6 +29,8 @@ from anime_pipeline.defs.planning_assets import (
 )
 from anime_pipeline.defs.resources import (
     GpuResource,
+    LedgerResource,
+    NotifierResource,
     PipelineSettings,
     RenderSettings,
     RuntimePolicyResource,
@@ -37,21 +40,39 @@ from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import claim_run_worker
+from anime_pipeline.ledger import BudgetStatus, load_prices
 from anime_pipeline.media.ffmpeg import ffmpeg_info
+from anime_pipeline.ops.notify import check_budgets
 from anime_pipeline.pipeline import catalog, delivery, planning
 from anime_pipeline.pipeline import clips as clip_cases
 from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
+from anime_pipeline.pipeline.spend import BudgetRefused
 from anime_pipeline.runtime.monitor import StateStore
 from anime_pipeline.runtime.policy import policy_record
 from anime_pipeline.runtime.state import policy_in_force
 from anime_pipeline.storage import Storage
 
 CLIPS_KEY = dg.AssetKey("clips")
+USER_TAG = "user"  # Dagster's tag for who launched a run (the CLI sets it too)
 
 
 class ClipsConfig(dg.Config):
     force: bool = Field(default=False, description="Render again even the shots whose clip "
                                                    "is current (the rerender_shots job sets it).")
+    allow_rebalance: bool = Field(
+        default=False, description="Render even when the episode's plan says "
+                                   "rebalance_required (it does not fit its budget or SLA).")
+
+
+def refuse_unbalanced(plan: ComputePlan, config: ClipsConfig) -> None:
+    """A plan that does not fit its budget or SLA renders only when the user says so."""
+    if plan.status == "rebalance_required" and not config.allow_rebalance:
+        proposal = plan.rebalance_proposal
+        why = f" ({proposal.reason})" if proposal is not None else ""
+        raise dg.Failure(
+            f"{plan.episode_key}: the compute plan says rebalance_required{why}. Raise the "
+            "episode's budget or deadline and re-plan, or render anyway with "
+            "allow_rebalance: true (`anime-pipeline render --allow-rebalance`)")
 
 
 def _materialization(outcome: clip_cases.ClipOutcome) -> dg.AssetMaterialization:
@@ -94,6 +115,15 @@ def _preview_cut(context: dg.AssetExecutionContext, store: Storage, bundle: Epis
                                         if c.stage == "preview")})
 
 
+@contextmanager
+def _budget_failure() -> Iterator[None]:
+    """A refused budget fails the step with its message (no stack frames in the UI)."""
+    try:
+        yield
+    except BudgetRefused as e:
+        raise dg.Failure(str(e)) from None
+
+
 def _check_stored_clips(store: Storage, keys: Sequence[str]
                         ) -> Iterator[dg.AssetCheckEvaluation]:
     for episode_key, shot_ids in shots_by_episode(keys).items():
@@ -128,7 +158,7 @@ def _check_stored_clips(store: Storage, keys: Sequence[str]
 def clips(
     context: dg.AssetExecutionContext, config: ClipsConfig, settings: PipelineSettings,
     storage: StorageResource, render_settings: RenderSettings, runtime: RuntimePolicyResource,
-    gpu: GpuResource,
+    gpu: GpuResource, ledger: LedgerResource, notifier: NotifierResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.AssetObservation]:
     claim_run_worker(context.instance, context.run.run_id)
     store = storage.store()
@@ -140,11 +170,20 @@ def clips(
     queued = context.instance.get_runs_count(dg.RunsFilter(statuses=ACTIVE_RUNS))
     profile = runtime.profile()  # the machine as found; the monitor's steps are read live
     state_dir = Path(runtime.state_dir)
+    book = ledger.ledger()
+    alerts = notifier.notifier(book, log=context.log)
+
+    def budget_alerts(status: BudgetStatus | None) -> None:  # after each shot's usage
+        if status is not None:
+            check_budgets(book, alerts, status.budget.tenant, status.budget.project)
+
     with clip_cases.clips_run(
         policy_in_force(state_dir, profile), concurrency=render_settings.concurrency,
         home=home, backends_config=load_backends(home), nvenc_fits=gpu.vram_check,
         run_id=context.run.run_id, live_policy=lambda: policy_in_force(state_dir, profile),
         revision=lambda: StateStore(state_dir).load().revision,
+        ledger=book, user=context.run.tags.get(USER_TAG, "unknown"),
+        prices=load_prices(home), on_recorded=budget_alerts,
     ) as run:
         for note in run.env.notes:
             context.log.warning(note)
@@ -154,6 +193,7 @@ def clips(
         for episode_key, shot_ids in shots_by_episode(context.partition_keys).items():
             bundle = catalog.load_registered(store, episode_key)
             plan = planning.read_compute_plan(store, episode_key)
+            refuse_unbalanced(plan, config)
             context.log.info(f"{episode_key}: rendering {len(shot_ids)} shot(s): "
                              f"{run.env.concurrency} at a time on farms, "
                              f"{run.env.local_concurrency} on this machine, encoder "
@@ -165,7 +205,7 @@ def clips(
                     history=cost_history(context.instance),
                     policy=policy_record(runtime.policy()))
 
-            with store.scratch() as work:
+            with store.scratch() as work, _budget_failure():
                 holder, outcomes = run.render(store, bundle, plan, shot_ids, work_dir=work,
                                               force=config.force, replan=replan)
                 for item in outcomes:

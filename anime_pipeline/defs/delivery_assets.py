@@ -1,4 +1,12 @@
-"""The delivery assets of an episode: composite -> package_zip."""
+"""The delivery assets of an episode: composite -> package_zip.
+
+``package_zip`` also sends the ``delivered`` (or ``delivered_with_placeholders``) notification
+from its own step, not from a sensor on the run's success: a render driven by the CLI runs
+in process without a daemon, and the daemon's run status sensors never see such runs (they
+match runs by the code location they were launched from); in the step, every delivery —
+UI, schedule, sensor or CLI — notifies, and the message lands in that run's Dagster log. The
+ledger's claim on ``delivered:<run>:<episode>`` keeps it to one message per delivery.
+"""
 
 
 import dagster as dg
@@ -7,10 +15,18 @@ from anime_pipeline.defs import checks
 from anime_pipeline.defs.metadata import image, md_table
 from anime_pipeline.defs.partitions import episode_partitions
 from anime_pipeline.defs.planning_assets import GROUP
-from anime_pipeline.defs.resources import RenderSettings, StorageResource
+from anime_pipeline.defs.resources import (
+    LedgerResource,
+    NotifierResource,
+    RenderSettings,
+    StorageResource,
+)
 from anime_pipeline.domain import checks as quality
+from anime_pipeline.domain.episode import EpisodeBundle
+from anime_pipeline.domain.records import PackageRecord
+from anime_pipeline.ops.notify import Notifier, delivered_notification
 from anime_pipeline.pipeline import catalog, delivery
-from anime_pipeline.storage import EpisodeKeys
+from anime_pipeline.storage import EpisodeKeys, Storage
 
 MAX_INLINE_PREVIEW = 1 << 20  # bytes of JPEG shown inline in the UI
 
@@ -76,8 +92,10 @@ def composite(
                 "manifests and manifest.json with every file's size and sha256 and the lineage.",
 )
 def package_zip(
-    context: dg.AssetExecutionContext, storage: StorageResource
+    context: dg.AssetExecutionContext, storage: StorageResource, ledger: LedgerResource,
+    notifier: NotifierResource,
 ) -> dg.MaterializeResult:
+    alerts = notifier.notifier(ledger.ledger(), log=context.log)  # a bad webhook: refused now
     store = storage.store()
     bundle = catalog.load_registered(store, context.partition_key)
     lineage = {"run_id": context.run.run_id, "code_version": delivery.code_version(),
@@ -85,6 +103,8 @@ def package_zip(
     with store.scratch() as work:
         record = delivery.write_package(store, bundle, work_dir=work, lineage=lineage)
     check = quality.package_checksums_match(store.fetch(EpisodeKeys(bundle.episode.key).package))
+    if check.passed:  # a failed (blocking) check fails the run: that run_failed is the news
+        notify_delivered(context, alerts, store, bundle, record)
     return dg.MaterializeResult(check_results=[checks.result(check)], metadata={
         "path": dg.MetadataValue.path(record.uri),
         "size_bytes": record.size_bytes,
@@ -93,3 +113,20 @@ def package_zip(
         "code_version": record.manifest.lineage.code_version,
         "lineage": dg.MetadataValue.json(record.manifest.lineage.model_dump(mode="json")),
     })
+
+
+def notify_delivered(context: dg.AssetExecutionContext, alerts: Notifier, store: Storage,
+                     bundle: EpisodeBundle, record: PackageRecord) -> None:
+    """The delivery notification, naming the shots that are placeholder slates in the
+    composite just packaged. A notification never fails the delivery."""
+    ep = bundle.episode
+    try:
+        composite_record = delivery.read_composite(store, ep.key)
+        alerts.notify(delivered_notification(
+            run_id=context.run.run_id, episode=ep.key, title=ep.title, shots=len(ep.shots),
+            duration_s=ep.duration_ms / 1000, package=record.uri,
+            placeholder_shots=composite_record.placeholder_shots,
+            degraded_shots=composite_record.degraded_shots, ui_base_url=alerts.ui_base_url))
+    except Exception as e:
+        context.log.warning(f"delivery notification of {ep.key} not sent: "
+                            f"{type(e).__name__}: {e}")

@@ -1,11 +1,12 @@
 """Resources: settings, artifact storage (local disk or S3), render settings, the runtime policy
-in force, the GPU and the usage ledger. Values come from ``dg.EnvVar`` when the variable is
-set, so they resolve at launch and the UI shows where they come from; otherwise from the
-project's defaults."""
+in force, the GPU, the usage ledger and the notifier. Values come from ``dg.EnvVar`` when the
+variable is set, so they resolve at launch and the UI shows where they come from; otherwise
+from the project's defaults."""
 
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -13,6 +14,13 @@ from pydantic import Field
 
 from anime_pipeline.domain.contracts import ResourceState
 from anime_pipeline.ledger import LEDGER_URL_ENV, Ledger, default_url
+from anime_pipeline.ops.notify import (
+    DEFAULT_TIMEOUT_S,
+    UI_URL_ENV,
+    WEBHOOK_URL_ENV,
+    LogLike,
+    Notifier,
+)
 from anime_pipeline.runtime import nvml
 from anime_pipeline.runtime.policy import ExecutionPolicy, to_resource_state
 from anime_pipeline.runtime.profile import RuntimeProfile
@@ -168,8 +176,39 @@ class LedgerResource(dg.ConfigurableResource):
                                  "($ANIME_PIPELINE_LEDGER_URL); default SQLite under the "
                                  "pipeline home.")
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], home: Path) -> "LedgerResource":
+        """``$ANIME_PIPELINE_LEDGER_URL``, else SQLite under ``home`` (for the CLI)."""
+        return cls(url=environ.get(LEDGER_URL_ENV) or default_url(home))
+
     def ledger(self) -> Ledger:
         return Ledger(self.url)
+
+
+class NotifierResource(dg.ConfigurableResource):
+    """Where alerts go: a Slack-compatible webhook (``{"text": ...}``). Without one they are
+    only logged and recorded in the ledger. An URL that is not http(s) is refused where the
+    notifier is made (a run's step, a sensor's tick, the CLI's start)."""
+
+    webhook_url: str = Field(default="", description="Webhook that receives the alerts as "
+                                                     "JSON ($ANIME_PIPELINE_WEBHOOK_URL; it "
+                                                     "may hold a secret token: set it by "
+                                                     "environment variable).")
+    ui_base_url: str = Field(default="", description="Base URL of the Dagster UI, for links "
+                                                     "to runs ($ANIME_PIPELINE_UI_URL).")
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=60,
+                             description="Most seconds one notification may take, retries "
+                                         "included.")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "NotifierResource":
+        """Plain values from ``environ`` (the CLI, where no launch resolves ``dg.EnvVar``)."""
+        return cls(webhook_url=environ.get(WEBHOOK_URL_ENV, ""),
+                   ui_base_url=environ.get(UI_URL_ENV, ""))
+
+    def notifier(self, ledger: Ledger, log: LogLike | None = None) -> Notifier:
+        return Notifier(ledger, self.webhook_url, timeout_s=self.timeout_s,
+                        ui_base_url=self.ui_base_url, log=log)
 
 
 # --------------------------------------------------------------------------- bindings
@@ -183,9 +222,11 @@ def _env(environ: Mapping[str, str], name: str, default: str | None) -> Any:
 def pipeline_resources(
     config: PipelineConfig, *, environ: Mapping[str, str] | None = None,
     concurrency: int | None = None, burn_subtitles: bool | None = None,
+    notifier: NotifierResource | None = None, ledger: LedgerResource | None = None,
 ) -> dict[str, dg.ConfigurableResource]:
     """Every resource the pipeline uses. The code location binds them from the environment;
-    the CLI and the tests pass their own ``config`` (and options) instead."""
+    the CLI and the tests pass their own ``config`` (and options, ``notifier``, ``ledger``)
+    instead."""
     env: Mapping[str, str] = {} if environ is None else environ
     home = _env(env, HOME_ENV, str(config.home))
     storage: StorageResource
@@ -208,7 +249,10 @@ def pipeline_resources(
         "render_settings": RenderSettings(concurrency=concurrency, burn_subtitles=burn_subtitles),
         "runtime": RuntimePolicyResource(state_dir=home),
         "gpu": GpuResource(),
-        "ledger": LedgerResource(url=_env(env, LEDGER_URL_ENV, default_url(config.home))),
+        "ledger": ledger or LedgerResource(
+            url=_env(env, LEDGER_URL_ENV, default_url(config.home))),
+        "notifier": notifier or NotifierResource(
+            webhook_url=_env(env, WEBHOOK_URL_ENV, ""), ui_base_url=_env(env, UI_URL_ENV, "")),
     }
 
 

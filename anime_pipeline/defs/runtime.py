@@ -1,4 +1,5 @@
-"""Dagster layer of the runtime profile: the ``runtime_profile`` asset and the monitor sensor.
+"""Dagster layer of the runtime profile: the ``runtime_profile`` asset, the monitor sensor and
+the control jobs.
 
 The logic lives in :mod:`anime_pipeline.runtime` (no Dagster there); this module only reads the
 instance (run and event records, pool limits) and writes what the UI shows. The policy in force
@@ -11,6 +12,14 @@ is the ``runtime`` resource (:class:`~anime_pipeline.defs.resources.RuntimePolic
   renders from this instance's own records, applies :func:`~anime_pipeline.runtime.monitor.
   evaluate`, keeps the state in the state folder's ``runtime_state.json`` (and a copy in the
   sensor cursor), and keeps the ``gpu`` pool limit equal to the number of GPUs (at least 1).
+* ``runtime_degrade`` (config ``reason``), ``runtime_restore``, ``runtime_redetect`` — jobs to
+  launch from the UI: what ``anime-pipeline runtime degrade|restore|reload`` do (both call
+  :mod:`anime_pipeline.runtime.control`), each reported as a materialization of
+  ``runtime_profile``.
+
+Every writer of ``runtime_profile`` (the asset, the sensor, the jobs) gives it the same
+metadata, :func:`runtime_metadata`: the class, the policy, whether and why it is degraded, the
+monitor's last sample, the explanation and the recommendations.
 """
 
 import datetime as _dt
@@ -21,12 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from anime_pipeline.defs.metadata import read_clip_metadata
 from anime_pipeline.defs.resources import RuntimePolicyResource
 from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import GPU_POOL
-from anime_pipeline.runtime.explain import describe_policy, explain_profile
+from anime_pipeline.runtime import control
+from anime_pipeline.runtime.explain import (
+    describe_policy,
+    describe_sample,
+    explain_profile,
+    recommendations,
+    when,
+)
 from anime_pipeline.runtime.monitor import (
     Decision,
     MetricSnapshot,
@@ -34,11 +51,12 @@ from anime_pipeline.runtime.monitor import (
     StateStore,
     Thresholds,
     evaluate,
+    restore_samples_needed,
     sample_metrics,
 )
 from anime_pipeline.runtime.policy import ExecutionPolicy
 from anime_pipeline.runtime.profile import RuntimeProfile
-from anime_pipeline.runtime.state import detect_profile, load_profile, policy_for, profile_path
+from anime_pipeline.runtime.state import load_profile, policy_for
 
 RUNTIME_GROUP = "runtime"
 RUNTIME_PROFILE_KEY = dg.AssetKey("runtime_profile")
@@ -65,22 +83,64 @@ def _markdown(text: str) -> str:
     return "\n".join(out)
 
 
+def _bullets(lines: list[str], none: str) -> str:
+    return "\n".join(f"- {line}" for line in lines) if lines else none
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _steps_markdown(state: MonitorState, thresholds: Thresholds | None) -> str:
+    """Why the policy is degraded: one row per step, then what restores it."""
+    if not state.degraded:
+        return "Not degraded: the baseline policy of the class is in force."
+    rows = ["| # | kind | source | reason | since |", "|---|---|---|---|---|"]
+    for i, step in enumerate(state.steps, 1):
+        rows.append(
+            f"| {i} | {step.kind} | {step.source} | {_cell(step.reason)} | {when(step.at)} |"
+        )
+    if state.manual_hold:
+        rows.append("\nDegraded by hand: held until a manual restore (the `runtime_restore` job, "
+                    "or `anime-pipeline runtime restore`); the monitor never restores it.")
+    elif thresholds is not None:
+        need = restore_samples_needed(state, thresholds)
+        rows.append(f"\nThe monitor restores the baseline after {need} healthy samples in a row "
+                    f"(now {state.healthy_streak}).")
+    return "\n".join(rows)
+
+
 def runtime_metadata(
     profile: RuntimeProfile,
     policy: ExecutionPolicy,
     state: MonitorState,
     snapshot: MetricSnapshot | None = None,
     decision: Decision | None = None,
+    *,
+    thresholds: Thresholds | None = None,
 ) -> dict[str, Any]:
+    """The metadata of a ``runtime_profile`` materialization (every writer uses this).
+
+    ``snapshot`` defaults to the monitor's last sample saved in ``state``; with ``thresholds``
+    (those in force) a monitor degrade says how many healthy samples restore it.
+    """
     md = dg.MetadataValue
+    snapshot = snapshot if snapshot is not None else state.last_snapshot
     meta: dict[str, Any] = {
         "explanation": md.md(_markdown(explain_profile(profile, "en", policy))),
         "explanation_zh": md.md(_markdown(explain_profile(profile, "zh", policy))),
+        "recommendations": md.md(_bullets(recommendations(profile, "en"), "Nothing to improve.")),
+        "recommendations_zh": md.md(_bullets(recommendations(profile, "zh"), "无需改进。")),
         "profile_class": profile.profile_class.value,
+        "profile_detected_at": md.timestamp(profile.detected_at),
         "policy": policy.name,
         "degraded": policy.degraded,
         "degrade_level": policy.degrade_level,
         "degrade_reasons": md.json({"reasons": policy.reasons}),
+        "degrade_steps": md.md(_steps_markdown(state, thresholds)),
+        "degrade_steps_json": md.json({"steps": [
+            {**step.model_dump(mode="json"), "at_utc": when(step.at)} for step in state.steps]}),
+        "manual_hold": state.manual_hold,
         "encoder": policy.encoder,
         "render_concurrency": policy.render_concurrency,
         "max_resolution": policy.max_resolution,
@@ -93,10 +153,17 @@ def runtime_metadata(
         "memory_total_gb": float(profile.memory.total_gb),
         "policy_json": md.json(policy.model_dump(mode="json")),
         "state_revision": state.revision,
+        "last_sample": describe_sample(snapshot, "en"),
     }
+    if state.steps:
+        meta["degraded_since"] = md.timestamp(state.steps[0].at)
+        if thresholds is not None and not state.manual_hold:
+            meta["restore_after_healthy_samples"] = restore_samples_needed(state, thresholds)
+            meta["healthy_streak"] = state.healthy_streak
     if profile.disk is not None:
         meta["disk_free_gb"] = float(profile.disk.free_gb)
     if snapshot is not None:
+        meta["last_sample_at"] = md.timestamp(snapshot.taken_at)
         meta["mem_available_gb"] = float(snapshot.mem_available_gb)
         if snapshot.cpu_percent is not None:
             meta["cpu_percent"] = float(snapshot.cpu_percent)
@@ -113,6 +180,12 @@ def runtime_metadata(
     return meta
 
 
+def status_metadata(st: control.RuntimeStatus) -> dict[str, Any]:
+    """:func:`runtime_metadata` of a status read from its state folder (thresholds too)."""
+    return runtime_metadata(st.profile, st.policy, st.state,
+                            thresholds=Thresholds.load(st.state_dir))
+
+
 # --------------------------------------------------------------------------- the asset
 
 
@@ -121,18 +194,73 @@ def runtime_metadata(
     group_name=RUNTIME_GROUP,
     kinds={"python"},
     description="What the pipeline runs on, its class and the execution policy in force. "
-    "Materialize to re-detect; the runtime monitor sensor reports every policy change here.",
+    "Materialize (or launch runtime_redetect) to re-detect; the runtime_degrade and "
+    "runtime_restore jobs and the runtime monitor sensor report every policy change here.",
 )
 def runtime_profile(
     context: dg.AssetExecutionContext, runtime: RuntimePolicyResource
 ) -> dg.MaterializeResult:
-    sd = Path(runtime.state_dir)
-    profile = detect_profile(sd, storage_root=sd)
-    profile.save(profile_path(sd))
-    state = StateStore(sd).load()
-    policy = policy_for(profile, state)
-    context.log.info(f"{profile.profile_class.value}: {describe_policy(policy, 'en')}")
-    return dg.MaterializeResult(metadata=runtime_metadata(profile, policy, state))
+    st = control.redetect(runtime.state_dir)
+    context.log.info(f"re-detected {st.profile.profile_class.value}: "
+                     f"{describe_policy(st.policy, 'en')}")
+    return dg.MaterializeResult(metadata=status_metadata(st))
+
+
+# --------------------------------------------------------------------------- the control jobs
+
+
+class DegradeConfig(dg.Config):
+    reason: str = Field(
+        description="Why the policy goes down a step (required, not blank): recorded in the "
+        "policy and shown on runtime_profile, e.g. 'render farm maintenance'.")
+
+
+def _report(context: dg.OpExecutionContext, st: control.RuntimeStatus, what: str) -> None:
+    """Log what was done and report the status now as a materialization of runtime_profile."""
+    context.log.info(f"{what}. {describe_policy(st.policy, 'en')}")
+    context.log_event(dg.AssetMaterialization(
+        asset_key=RUNTIME_PROFILE_KEY, description=what, metadata=status_metadata(st)))
+
+
+@dg.op(description="Degrade the execution policy one step now, by hand; held until "
+                   "runtime_restore (the monitor never restores it).")
+def degrade_policy(
+    context: dg.OpExecutionContext, config: DegradeConfig, runtime: RuntimePolicyResource
+) -> None:
+    try:
+        st = control.degrade(runtime.state_dir, config.reason)
+    except ValueError as e:
+        raise dg.Failure(description=f"{e}; set ops.degrade_policy.config.reason in the "
+                                     "Launchpad") from None
+    _report(context, st, f"degraded by hand to level {st.policy.degrade_level}: "
+                         f"{config.reason.strip()}")
+
+
+@dg.op(description="Back to the baseline policy of the runtime profile (any degrade, manual "
+                   "or the monitor's).")
+def restore_policy(context: dg.OpExecutionContext, runtime: RuntimePolicyResource) -> None:
+    st, was_degraded = control.restore(runtime.state_dir)
+    _report(context, st, "restored to the baseline" if was_degraded
+            else "already at the baseline; nothing to restore")
+
+
+@dg.job(description="Degrade the execution policy one step now (config: reason), held until "
+                    "runtime_restore; what `anime-pipeline runtime degrade --reason` does.")
+def runtime_degrade() -> None:
+    degrade_policy()
+
+
+@dg.job(description="Restore the baseline execution policy; what `anime-pipeline runtime "
+                    "restore` does.")
+def runtime_restore() -> None:
+    restore_policy()
+
+
+runtime_redetect = dg.define_asset_job(
+    "runtime_redetect", selection=[runtime_profile],
+    description="Re-detect the machine and re-resolve the baseline policy (degrade steps "
+                "kept): materializes runtime_profile; what `anime-pipeline runtime reload` does.",
+)
 
 
 # --------------------------------------------------------------------------- clip failure rate
@@ -336,7 +464,7 @@ def monitor_tick(
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
     changed = decision.action != "none" or cursor.get("emitted_revision") != decision.state.revision
     if changed:
-        meta = runtime_metadata(profile, policy, decision.state, snapshot, decision)
+        meta = runtime_metadata(profile, policy, decision.state, snapshot, decision, thresholds=t)
         meta["gpu_pool_limit"] = pool if pool is not None else policy.gpu_pool_limit
         events.append(dg.AssetMaterialization(asset_key=RUNTIME_PROFILE_KEY, metadata=meta))
     if decision.action == "degrade":

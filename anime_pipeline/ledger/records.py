@@ -23,8 +23,8 @@ class LedgerRecord(BaseModel):
 class UsageEntry(LedgerRecord):
     """One billable amount of one call: a shot's render attempt (``attempt``, from 1) and the
     call within it (``call``, from 0; a generative attempt makes one prompt per segment), in
-    one unit. ``(run_id, shot, attempt, call, unit)`` is unique: recording it again adds
-    nothing."""
+    one unit. ``(run_id, episode key, shot, attempt, call, unit)`` is unique: recording it
+    again adds nothing."""
 
     tenant: str
     project: str

@@ -4,8 +4,9 @@ SQLite under the pipeline home by default (``<home>/ledger.sqlite``), PostgreSQL
 SQLAlchemy URL) by ``$ANIME_PIPELINE_LEDGER_URL`` / the ``ledger`` resource. Tables are created
 when missing. Every write is idempotent:
 
-* ``usage``: unique on ``(run_id, shot, attempt, call, unit)`` — a retried or resumed step that
-  reports the same calls again adds nothing;
+* ``usage``: unique on ``(run_id, episode key, shot, attempt, call, unit)`` — a retried or
+  resumed step that reports the same calls again adds nothing (one run may hold shots of
+  several episodes: a shot id is unique only within its episode);
 * ``budgets``: one row per ``(tenant, project)``, replaced by ``budget set``;
 * ``notifications``: unique on ``key`` — an alert is claimed before it is sent, so two
   processes (a daemon and a CLI, or a daemon restarted) never send it twice.
@@ -57,7 +58,8 @@ usage = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("day", sa.String(10), nullable=False),  # YYYY-MM-DD (UTC), for --by day
-    sa.UniqueConstraint("run_id", "shot", "attempt", "call", "unit", name="usage_once"),
+    sa.UniqueConstraint("run_id", "tenant", "project", "episode", "shot", "attempt", "call",
+                        "unit", name="usage_once"),
     sa.Index("usage_project_at", "tenant", "project", "at"),
 )
 
@@ -163,7 +165,8 @@ class Ledger:
         if not rows:
             return 0
         stmt = self._insert(usage).on_conflict_do_nothing(
-            index_elements=["run_id", "shot", "attempt", "call", "unit"])
+            index_elements=["run_id", "tenant", "project", "episode", "shot", "attempt", "call",
+                            "unit"])
         with self.engine.begin() as conn:
             result = conn.execute(stmt, rows)
         return max(0, result.rowcount) if result.rowcount is not None else 0
@@ -201,7 +204,8 @@ class Ledger:
             "project": c.tenant + sep + c.project,
             "episode": c.tenant + sep + c.project + sep + c.episode,
         }[by].label("grp")
-        call_id = (c.run_id + sep + c.shot + sep + sa.cast(c.attempt, sa.String) + sep
+        call_id = (c.run_id + sep + c.tenant + sep + c.project + sep + c.episode + sep
+                   + c.shot + sep + sa.cast(c.attempt, sa.String) + sep
                    + sa.cast(c.call, sa.String))
         q = (sa.select(group, c.unit, c.currency, sa.func.sum(c.amount), sa.func.sum(c.cost))
              .where(*self._where(f)).group_by(group, c.unit, c.currency).order_by(group))
@@ -213,7 +217,7 @@ class Ledger:
                 row = out.setdefault((grp, currency), {"amounts": {}, "cost": 0.0, "calls": 0})
                 row["amounts"][unit] = round(float(amount or 0.0), 3)
                 row["cost"] += float(cost or 0.0)
-            counts: dict[str, int] = dict(conn.execute(per_call).tuples().all())
+            counts: dict[str, int] = {g: n for g, n in conn.execute(per_call)}
         return [UsageSummaryRow(group=str(grp), amounts=v["amounts"], cost=round(v["cost"], 4),
                                 currency=currency, calls=int(counts.get(grp, 0)))
                 for (grp, currency), v in sorted(out.items())]
@@ -316,6 +320,40 @@ class Ledger:
                                                     n.tries > 0).order_by(n.created_at))
         with self.engine.connect() as conn:
             return [(k, kd, t) for k, kd, t in conn.execute(q)]
+
+    def has_notification(self, key: str) -> bool:
+        """Whether ``key`` was claimed (a cheap read before a claim that is likely taken)."""
+        q = sa.select(notifications.c.key).where(notifications.c.key == key)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
+
+    def notifications_to_retry(self, max_tries: int = 5, *, abandoned_after_s: float = 600.0,
+                               now: dt.datetime | None = None
+                               ) -> list[tuple[str, str, str, int, str | None]]:
+        """``(key, kind, text, tries, error)`` of claimed notifications not sent yet: those whose
+        send failed (fewer than ``max_tries`` tries), and those claimed more than
+        ``abandoned_after_s`` ago whose sender never reported (it died between the claim and
+        the send). Take one with :meth:`take_notification` before sending it again."""
+        n = notifications.c
+        cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=abandoned_after_s)
+        q = (sa.select(n.key, n.kind, n.text, n.tries, n.error, n.created_at)
+             .where(n.sent_at.is_(None), n.tries < max_tries).order_by(n.created_at))
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+        return [(r.key, r.kind, r.text, int(r.tries), r.error) for r in rows
+                if r.tries > 0 or r.error is not None or _aware(r.created_at) < cutoff]
+
+    def take_notification(self, key: str, *, tries: int, error: str | None, mark: str) -> bool:
+        """Take an unsent notification for one more try, as last read (``tries``, ``error``):
+        True for exactly one caller, which finds ``mark`` in ``error`` until it reports with
+        :meth:`notification_done` (a compare-and-set, so two retriers never send it twice)."""
+        n = notifications.c
+        same_error = n.error.is_(None) if error is None else n.error == error
+        with self.engine.begin() as conn:
+            result = conn.execute(notifications.update()
+                                  .where(n.key == key, n.sent_at.is_(None), n.tries == tries,
+                                         same_error).values(error=mark))
+        return bool(result.rowcount)
 
     def sent_notifications(self, kind: str | None = None) -> Sequence[Any]:
         q = sa.select(notifications).order_by(notifications.c.created_at)

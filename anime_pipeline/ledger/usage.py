@@ -87,12 +87,19 @@ def budget_verdict(status: BudgetStatus | None, estimate_gpu_sec: float, *,
     local backends) or ``refuse`` (spend nothing)."""
     if status is None:
         return BudgetVerdict("render", "no budget set")
+    if estimate_gpu_sec <= 0:
+        return BudgetVerdict("render", "nothing to spend (every clip is current)")
     b = status.budget
     need = status.spent_gpu_sec + max(0.0, estimate_gpu_sec)
     if need <= status.limit_gpu_sec:
-        return BudgetVerdict("render", f"{need / 60:.1f} of {b.gpu_minutes:g} GPU minutes")
+        return BudgetVerdict("render", f"{_minutes(need)} of {b.gpu_minutes:g} GPU minutes")
     message = (f"budget of {b.tenant}/{b.project} for {status.period_label}: "
-               f"{status.spent_gpu_sec / 60:.1f} of {b.gpu_minutes:g} GPU minutes spent, "
-               f"{what} needs about {estimate_gpu_sec / 60:.1f} more "
+               f"{_minutes(status.spent_gpu_sec)} of {b.gpu_minutes:g} GPU minutes spent, "
+               f"{what} needs about {_minutes(estimate_gpu_sec)} more "
                f"(on_exceed: {b.on_exceed})")
     return BudgetVerdict(b.on_exceed, message)
+
+
+def _minutes(gpu_sec: float) -> str:
+    """GPU seconds as minutes, to three significant digits (0.0325, 1.5, 612)."""
+    return f"{gpu_sec / 60:.3g}"

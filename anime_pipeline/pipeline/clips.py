@@ -37,6 +37,7 @@ from anime_pipeline.domain.rendering import (
     clip_fingerprint,
     render_shot,
 )
+from anime_pipeline.ledger import DEFAULT_PRICES, BudgetStatus, Ledger, PriceTable
 from anime_pipeline.media.ffmpeg import ClipProbe, timeout_for, verify_clip
 from anime_pipeline.media.render import Delivery
 from anime_pipeline.media.slate import short_reason
@@ -48,6 +49,7 @@ from anime_pipeline.pipeline.scheduling import (
     Slots,
     Throttled,
 )
+from anime_pipeline.pipeline.spend import Spend
 from anime_pipeline.runtime.policy import ExecutionPolicy, policy_record
 from anime_pipeline.storage import EpisodeKeys, RecordError, Storage, get_record, put_record
 
@@ -195,6 +197,13 @@ def reusable_record(storage: Storage, keys: EpisodeKeys, shot_id: str,
     return record
 
 
+def current_clip(storage: Storage, bundle: EpisodeBundle, entry: ShotPlan) -> bool:
+    """Whether the shot's stored clip is current for ``entry`` (it would be reused)."""
+    ep = bundle.episode
+    fp = clip_fingerprint(ep.shot(entry.shot_id), bundle.root, ep.format, plan_fields(entry))
+    return reusable_record(storage, EpisodeKeys(ep.key), entry.shot_id, fp) is not None
+
+
 def preview_entry(entry: ShotPlan) -> ShotPlan:
     """A staged shot's preview render: its preview tier's fps, resolution and backend."""
     p = entry.preview
@@ -209,14 +218,18 @@ def render_clip(
     storage: Storage, bundle: EpisodeBundle, entry: ShotPlan | Callable[[], ShotPlan], *,
     backends: Backends, env: RenderEnvironment, work_dir: Path, force: bool = False,
     run_id: str | None = None, slots: Slots | None = None,
-    cancel: threading.Event | None = None, stage: Stage = "final",
+    cancel: threading.Event | None = None, stage: Stage = "final", spend: Spend | None = None,
 ) -> ClipOutcome:
     """Render one shot (or reuse its clip), verify it, store it and write its record.
 
     ``entry`` may be a callable: the plan entry is then read again when the shot really
     starts (a re-plan mid-run applies to shots not started yet). The shot holds a slot of the
     kind of work its first backend does for its whole render (remote for a farm, local for
-    ffmpeg: its ``parallel_slot``); local work inside it takes a local slot as well."""
+    ffmpeg: its ``parallel_slot``); local work inside it takes a local slot as well.
+
+    ``spend``: the project's budget is checked as the shot starts (a generative shot may be
+    sent to the local backends, or the run stopped) and its usage recorded once it has a
+    clip."""
     current = entry if callable(entry) else (lambda: entry)
     plan_entry = current()
     ep = bundle.episode
@@ -247,6 +260,15 @@ def render_clip(
         else (slots.local if slots else None)
     with kind.slot(cancel) if kind else nullcontext(0) as parallel_slot:
         plan_entry = current()  # the plan in force now that the shot starts
+        budget_note: str | None = None
+        if spend is not None:
+            planned = plan_entry
+            plan_entry = spend.before_shot(plan_entry, backends.generative)
+            if plan_entry is not planned and planned.backend_preference != \
+                    plan_entry.backend_preference:
+                budget_note = (f"budget: rendered on {plan_entry.backend_preference[0]} "
+                               f"instead of {planned.backend_preference[0]} (the project's "
+                               "GPU budget is spent; on_exceed: degrade)")
         fingerprint = clip_fingerprint(shot, bundle.root, ep.format, plan_fields(plan_entry))
         prefs = list(plan_entry.backend_preference)
         job = ShotJob(shot, bundle.root, ep.format,
@@ -259,12 +281,20 @@ def render_clip(
                  " [preview tier]" if stage == "preview" else "", extra={
                      "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
                      "parallel_slot": parallel_slot})
-        outcome = render_shot(
-            job, out, backends=backends.renderers, backend_preference=prefs,
-            retry_budget=int(plan_entry.retry_budget),
-            ladder=get_ladder(plan_entry.degrade_ladder_profile), slate=backends.slate,
-            verify=verify,
-        )
+        try:
+            outcome = render_shot(
+                job, out, backends=backends.renderers, backend_preference=prefs,
+                retry_budget=int(plan_entry.retry_budget),
+                ladder=get_ladder(plan_entry.degrade_ladder_profile), slate=backends.slate,
+                verify=verify,
+            )
+        except BaseException:
+            if spend is not None:
+                spend.release(shot.id)
+            raise
+    status, reason = outcome.status, outcome.reason
+    if budget_note is not None and status is ClipStatus.ok:
+        status, reason = ClipStatus.degraded, budget_note
     probe = probes[-1]
     size = out.stat().st_size
     digest = sha256_file(out)
@@ -273,10 +303,10 @@ def render_clip(
     thumb_uri = storage.put_bytes(keys.thumbnail(shot.id), thumb_jpeg) if thumb_jpeg else None
     final = next((a for a in reversed(outcome.attempts) if a.ok), None)
     record = ClipRecord(
-        episode_key=ep.key, shot_id=shot.id, status=outcome.status, fingerprint=fingerprint,
+        episode_key=ep.key, shot_id=shot.id, status=status, fingerprint=fingerprint,
         backend=outcome.backend, fps=outcome.spec.fps, resolution=outcome.spec.resolution,
-        encoder=outcome.spec.encoder, reason=outcome.reason,
-        summary=short_reason(outcome.reason) if outcome.reason else None,
+        encoder=outcome.spec.encoder, reason=reason,
+        summary=short_reason(reason) if reason else None,
         attempts=outcome.attempts, render_seconds=round(outcome.seconds, 3),
         frames=probe.frames, width=probe.width, height=probe.height, delivery_fps=probe.fps,
         size_bytes=size, sha256=digest, uri=uri, thumbnail_uri=thumb_uri,
@@ -286,6 +316,8 @@ def render_clip(
         run_id=run_id,
     )
     put_record(storage, keys.clip_record(shot.id), record)  # last: clip and preview exist
+    if spend is not None:
+        spend.record(record)
     return ClipOutcome(record, False, thumb_jpeg, parallel_slot)
 
 
@@ -337,6 +369,7 @@ def render_clips(
     shot_ids: Sequence[str], *, backends: Backends, env: RenderEnvironment, work_dir: Path,
     force: bool = False, run_id: str | None = None, slots: Slots | None = None,
     cancel: threading.Event | None = None, stats: ClipStats | None = None,
+    spend: Spend | None = None,
 ) -> Iterator[ClipOutcome | PreviewReady]:
     """Render ``shot_ids``, critical and opening shots first; yield each clip as it finishes
     (and :class:`PreviewReady` between the stages of a staged plan). Without ``slots``,
@@ -347,12 +380,9 @@ def render_clips(
     prompts on a farm are interrupted and taken off its queue.
     """
     holder = plan if isinstance(plan, PlanHolder) else PlanHolder(plan)
-    ep = bundle.episode
-    keys = EpisodeKeys(ep.key)
 
     def final_current(e: ShotPlan) -> bool:
-        fp = clip_fingerprint(ep.shot(e.shot_id), bundle.root, ep.format, plan_fields(e))
-        return not force and reusable_record(storage, keys, e.shot_id, fp) is not None
+        return not force and current_clip(storage, bundle, e)
 
     phases = stage_phases(holder.plan, shot_ids, final_current)
     cancel = cancel or threading.Event()
@@ -371,7 +401,7 @@ def render_clips(
             pending: set[Future[ClipOutcome]] = {
                 pool.submit(render_clip, storage, bundle, current(e), backends=backends,
                             env=env, work_dir=work_dir, force=force, run_id=run_id,
-                            slots=slots, cancel=cancel,
+                            slots=slots, cancel=cancel, spend=spend,
                             stage="preview" if e.shot_id in fixed else "final")
                 for e in entries
             }
@@ -434,19 +464,32 @@ class ClipsRun:
     stats: ClipStats = field(default_factory=ClipStats)
     revision: Callable[[], int] | None = None  # the runtime policy's revision, live
     replan_poll_s: float = 5.0  # how often the revision is looked at while shots start
+    ledger: Ledger | None = None  # usage and project budgets (none: nothing is counted)
+    user: str = "unknown"  # who launched the run (the ledger's user)
+    prices: PriceTable = DEFAULT_PRICES
+    on_recorded: Callable[[BudgetStatus | None], None] | None = None  # after each shot
 
     def render(self, storage: Storage, bundle: EpisodeBundle, plan: ComputePlan,
                shot_ids: Sequence[str], *, work_dir: Path, force: bool = False,
                replan: Callable[[], ComputePlan] | None = None,
                ) -> tuple[PlanHolder, Iterator[ClipOutcome | PreviewReady]]:
         """The episode's renders, and the plan holder (its ``drain()`` gives the plans made
-        mid-run when the policy changed)."""
+        mid-run when the policy changed). With a ledger, the project's budget is checked
+        first: :class:`~anime_pipeline.pipeline.spend.BudgetRefused` is raised here, before
+        anything renders, when the project refuses."""
+        spend = None
+        if self.ledger is not None:
+            spend = Spend.for_episode(self.ledger, bundle.episode.key,
+                                      run_id=self.run_id or "", user=self.user,
+                                      prices=self.prices, on_recorded=self.on_recorded)
+            spend.before_render(plan, shot_ids,
+                                reused=lambda e: not force and current_clip(storage, bundle, e))
         holder = PlanHolder(plan, revision=self.revision, replan=replan,
                             poll_s=self.replan_poll_s)
         return holder, render_clips(
             storage, bundle, holder, shot_ids, backends=self.backends, env=self.env,
             work_dir=work_dir, force=force, run_id=self.run_id, slots=self.slots,
-            cancel=self.cancel, stats=self.stats)
+            cancel=self.cancel, stats=self.stats, spend=spend)
 
     def farm_stats(self) -> dict[str, dict[str, Any]]:
         return {farm.name: farm.stats() for farm in self.backends.farms}
@@ -457,13 +500,17 @@ def clips_run(
     policy: ExecutionPolicy, *, concurrency: int, home: Path | None,
     backends_config: BackendsConfig | None, nvenc_fits: Callable[[int], bool],
     run_id: str | None = None, live_policy: Callable[[], ExecutionPolicy] | None = None,
-    revision: Callable[[], int] | None = None,
+    revision: Callable[[], int] | None = None, ledger: Ledger | None = None,
+    user: str = "unknown", prices: PriceTable = DEFAULT_PRICES,
+    on_recorded: Callable[[BudgetStatus | None], None] | None = None,
 ) -> Iterator[ClipsRun]:
     """Set up a clips step; on the way out (normally or not) stop what still runs.
 
     ``live_policy``: the policy in force now (the local cap follows it while the step runs,
     read at most every 2 s);
-    ``revision``: the monitor state's revision (a change re-plans the shots not started)."""
+    ``revision``: the monitor state's revision (a change re-plans the shots not started);
+    ``ledger``: where usage is written and the project budget read (``user`` and ``prices``
+    for its entries; ``on_recorded`` is called with the budget's status after each shot)."""
     env = render_environment(policy, requested_concurrency=concurrency, nvenc_fits=nvenc_fits)
     if backends_config is not None and backends_config.notes:
         env = replace(env, notes=env.notes + backends_config.notes)
@@ -474,7 +521,8 @@ def clips_run(
         else (lambda: env.local_concurrency))
     slots = Slots.create(LiveConcurrency(home, env.concurrency), local_cap)
     backends = build_backends(backends_config, slots)
-    run = ClipsRun(env, slots, backends, run_id, revision=revision)
+    run = ClipsRun(env, slots, backends, run_id, revision=revision, ledger=ledger, user=user,
+                   prices=prices, on_recorded=on_recorded)
     try:
         yield run
     finally:

@@ -13,27 +13,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from anime_pipeline.runtime.explain import describe_policy, explain_profile
-from anime_pipeline.runtime.monitor import (
-    MonitorState,
-    StateStore,
-    Thresholds,
-    manual_degrade,
-    manual_restore,
-    restore_samples_needed,
-)
-from anime_pipeline.runtime.profile import RuntimeProfile
-from anime_pipeline.runtime.state import (
-    default_state_dir,
-    detect_profile,
-    load_profile,
-    policy_for,
-    profile_path,
-)
+from anime_pipeline.runtime import control
+from anime_pipeline.runtime.explain import describe_policy, describe_sample, explain_profile, when
+from anime_pipeline.runtime.monitor import Thresholds, restore_samples_needed
+from anime_pipeline.runtime.state import default_state_dir, detect_profile
 
 
 def _default_lang() -> str:
@@ -43,12 +29,6 @@ def _default_lang() -> str:
 
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if getattr(args, "state_dir", None) else default_state_dir()
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def _print_json(obj: Any) -> None:
@@ -71,27 +51,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_obj(state_dir: Path, profile: RuntimeProfile, state: MonitorState) -> dict[str, Any]:
-    policy = policy_for(profile, state)
-    return {
-        "state_dir": str(state_dir.absolute()),
-        "profile_class": profile.profile_class.value,
-        "profile_detected_at": profile.detected_at,
-        "policy": policy.model_dump(mode="json"),
-        "monitor": state.model_dump(mode="json"),
-    }
-
-
-def _print_status(state_dir: Path, profile: RuntimeProfile, state: MonitorState, lang: str) -> None:
-    policy = policy_for(profile, state)
+def _print_status(st: control.RuntimeStatus, lang: str) -> None:
+    state = st.state
     zh = lang == "zh"
-    print(("运行等级：" if zh else "Profile class: ") + profile.profile_class.value)
-    print(describe_policy(policy, lang))
+    print(("运行等级：" if zh else "Profile class: ") + st.profile.profile_class.value)
+    print(describe_policy(st.policy, lang))
     if state.degraded:
         head = "降级步骤：" if zh else "Degrade steps:"
         print(head)
         for i, s in enumerate(state.steps, 1):
-            print(f"  {i}. [{s.kind}, {s.source}] {s.reason} ({_when(s.at)})")
+            print(f"  {i}. [{s.kind}, {s.source}] {s.reason} ({when(s.at)})")
         if state.manual_hold:
             print(
                 "  手动降级：监控不会自动恢复，请用 `anime-pipeline runtime restore`。"
@@ -99,83 +68,53 @@ def _print_status(state_dir: Path, profile: RuntimeProfile, state: MonitorState,
                 else "  Manual degrade: held until `anime-pipeline runtime restore`."
             )
         else:
-            need = restore_samples_needed(state, Thresholds.load(state_dir))
+            need = restore_samples_needed(state, Thresholds.load(st.state_dir))
             print(
                 f"  自动恢复：需连续 {need} 次健康采样（当前 {state.healthy_streak}）。"
                 if zh
                 else f"  Auto-restore after {need} healthy samples in a row "
                 f"(now {state.healthy_streak})."
             )
-    snap = state.last_snapshot
-    if snap is not None:
-        vram = "-" if snap.vram_used_frac is None else f"{snap.vram_used_frac:.0%}"
-        fail = "-" if snap.recent_failure_rate is None else f"{snap.recent_failure_rate:.0%}"
-        label = "最近采样" if zh else "Last sample"
-        print(
-            f"{label} ({_when(snap.taken_at)}): VRAM {vram}, "
-            f"mem {snap.mem_available_gb:.1f} GB, CPU {snap.cpu_percent or 0:.0f}%, "
-            f"clip failures {fail} ({snap.failures}/{snap.failure_samples})"
-        )
-    else:
-        print("监控尚未采样。" if zh else "The monitor has not sampled yet.")
-    print(("状态目录：" if zh else "State: ") + str(state_dir.absolute()))
+    print(describe_sample(state.last_snapshot, lang))
+    print(("状态目录：" if zh else "State: ") + str(st.state_dir.absolute()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    sd = _state_dir(args)
-    profile = load_profile(sd, storage_root=sd)
-    state = StateStore(sd).load()
+    st = control.status(_state_dir(args))
     if args.json:
-        _print_json(_status_obj(sd, profile, state))
+        _print_json(st.to_json())
     else:
-        _print_status(sd, profile, state, args.lang)
+        _print_status(st, args.lang)
     return 0
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    reason = (args.reason or "").strip()
-    if not reason:
-        print("error: --reason must not be empty", file=sys.stderr)
-        return 1
-    sd = _state_dir(args)
-    profile = load_profile(sd, storage_root=sd)
-    store = StateStore(sd)
-    state = manual_degrade(store.load(), reason)
-    store.save(state)
-    policy = policy_for(profile, state)
+    st = control.degrade(_state_dir(args), args.reason)
     if args.json:
-        _print_json(_status_obj(sd, profile, state))
+        _print_json(st.to_json())
     else:
-        print(describe_policy(policy, args.lang))
+        print(describe_policy(st.policy, args.lang))
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    sd = _state_dir(args)
-    profile = load_profile(sd, storage_root=sd)
-    store = StateStore(sd)
-    before = store.load()
-    state = manual_restore(before) if before.degraded or before.manual_hold else before
-    store.save(state)
+    st, was_degraded = control.restore(_state_dir(args))
     if args.json:
-        _print_json(_status_obj(sd, profile, state))
+        _print_json(st.to_json())
     else:
-        if not before.degraded:
+        if not was_degraded:
             print("已是基线策略。" if args.lang == "zh" else "Already at the baseline policy.")
-        print(describe_policy(policy_for(profile, state), args.lang))
+        print(describe_policy(st.policy, args.lang))
     return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    sd = _state_dir(args)
-    profile = detect_profile(sd, storage_root=sd)
-    profile.save(profile_path(sd))
-    state = StateStore(sd).load()
+    st = control.redetect(_state_dir(args))
     if args.json:
-        _print_json(_status_obj(sd, profile, state))
+        _print_json(st.to_json())
     else:
-        print(explain_profile(profile, args.lang), end="")
-        print(describe_policy(policy_for(profile, state), args.lang))
+        print(explain_profile(st.profile, args.lang), end="")
+        print(describe_policy(st.policy, args.lang))
     return 0
 
 

@@ -6,9 +6,13 @@ Each explanation answers: what was found, which class, why, what it limits, what
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from anime_pipeline.runtime.policy import ExecutionPolicy, ExecutionPolicyResolver
 from anime_pipeline.runtime.profile import RuntimeProfile
+
+if TYPE_CHECKING:
+    from anime_pipeline.runtime.monitor import MetricSnapshot
 
 LANGS = ("en", "zh")
 LOW_DISK_GB = 20.0
@@ -26,6 +30,11 @@ def _lang(lang: str) -> str:
 
 def _t(lang: str, en: str, zh: str) -> str:
     return zh if lang == "zh" else en
+
+
+def when(ts: float) -> str:
+    """An epoch time as the explanations write it (UTC, to the second)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 CLASS_NAMES = {
@@ -225,7 +234,10 @@ def _limits(p: RuntimeProfile, policy: ExecutionPolicy, lang: str) -> list[str]:
     return out
 
 
-def _improve(p: RuntimeProfile, lang: str) -> list[str]:
+def recommendations(p: RuntimeProfile, lang: str = "en") -> list[str]:
+    """What would improve the machine, one sentence each (the "What would improve it"
+    section of :func:`explain_profile`): what moves it up a class, and what is broken."""
+    lang = _lang(lang)
     out: list[str] = []
     cls = p.profile_class
     if cls == "LOCAL_CPU_ONLY":
@@ -337,11 +349,11 @@ def explain_profile(
 ) -> str:
     lang = _lang(lang)
     policy = policy or ExecutionPolicyResolver().resolve(profile)
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(profile.detected_at))
+    at = when(profile.detected_at)
     title = _t(
         lang,
-        f"Runtime profile of {profile.os.hostname} (detected {when})",
-        f"运行环境概况：{profile.os.hostname}（检测于 {when}）",
+        f"Runtime profile of {profile.os.hostname} (detected {at})",
+        f"运行环境概况：{profile.os.hostname}（检测于 {at}）",
     )
     cls = profile.profile_class.value
     sections = [
@@ -349,7 +361,7 @@ def explain_profile(
         (_t(lang, "Class", "等级"), [f"{cls} — {class_name(cls, lang)}"]),
         (_t(lang, "Why", "原因"), _why(profile, lang)),
         (_t(lang, "What it limits", "限制"), _limits(profile, policy, lang)),
-        (_t(lang, "What would improve it", "改进建议"), _improve(profile, lang)),
+        (_t(lang, "What would improve it", "改进建议"), recommendations(profile, lang)),
     ]
     parts = [title]
     for head, lines in sections:
@@ -381,3 +393,19 @@ def describe_policy(policy: ExecutionPolicy, lang: str = "en") -> str:
             f" 已降级（第 {policy.degrade_level} 级）：{reasons}。",
         )
     return text
+
+
+def describe_sample(snapshot: MetricSnapshot | None, lang: str = "en") -> str:
+    """The monitor's last sample in one line (or that there is none yet)."""
+    lang = _lang(lang)
+    if snapshot is None:
+        return _t(lang, "The monitor has not sampled yet.", "监控尚未采样。")
+    s = snapshot
+    vram = "-" if s.vram_used_frac is None else f"{s.vram_used_frac:.0%}"
+    cpu = "-" if s.cpu_percent is None else f"{s.cpu_percent:.0f}%"
+    fail = "-" if s.recent_failure_rate is None else f"{s.recent_failure_rate:.0%}"
+    return (
+        f"{_t(lang, 'Last sample', '最近采样')} ({when(s.taken_at)}): VRAM {vram}, "
+        f"mem {s.mem_available_gb:.1f} GB, CPU {cpu}, "
+        f"clip failures {fail} ({s.failures}/{s.failure_samples})"
+    )

@@ -124,6 +124,13 @@ def test_degrade_then_restore_with_hysteresis(instance: dg.DagsterInstance, home
     assert ev.metadata["monitor_action"].value == "degrade"
     assert ev.metadata["clip_failure_rate"].value == pytest.approx(0.6)
     assert "failure rate 60%" in str(ev.metadata["explanation"].value)
+    # why, what restores it, the sample it acted on and what would help: as the jobs report
+    assert "| 1 | failure_rate | monitor |" in str(ev.metadata["degrade_steps"].value)
+    assert ev.metadata["manual_hold"].value is False
+    assert ev.metadata["restore_after_healthy_samples"].value == 3
+    snap = StateStore(home).load().last_snapshot
+    assert snap is not None and ev.metadata["last_sample_at"].value == snap.taken_at
+    assert "An NVIDIA GPU" in str(ev.metadata["recommendations"].value)
     policy = current_policy(home)
     assert policy.degraded and policy.degrade_level == 1
     assert "failure rate 60% (3/5)" in policy.reasons[0]

@@ -13,7 +13,7 @@ import pytest
 
 from anime_pipeline.media import ffmpeg
 from anime_pipeline.runtime import nvml
-from anime_pipeline.runtime.explain import explain_profile
+from anime_pipeline.runtime.explain import explain_profile, recommendations
 from anime_pipeline.runtime.profile import (
     ProfileClass,
     RuntimeProfile,
@@ -233,3 +233,15 @@ def test_explain_every_class(lang: str) -> None:
     cpu_zh = explain_profile(make_profile(), "zh")
     assert "NVIDIA" in cpu_zh and "render_backends.yaml" in cpu_zh
     assert "NVENC" in explain_profile(make_profile(vram_gib=[8.0], nvenc=False), lang)
+
+
+def test_recommendations_are_the_explanations_last_section() -> None:
+    mid = make_profile(vram_gib=[8.0], nvenc=False, mem_total_gb=4.0)
+    en = recommendations(mid, "en")
+    assert en[0].startswith("A GPU with 16 GB or more")  # what moves it up a class
+    assert any("NVENC does not work" in r for r in en) and any("More memory" in r for r in en)
+    text = explain_profile(mid, "en")
+    assert text.endswith("".join(f"  - {r}\n" for r in en))
+    assert "改进建议" in explain_profile(mid, "zh") and len(recommendations(mid, "zh")) == len(en)
+    with pytest.raises(ValueError):
+        recommendations(mid, "fr")
