@@ -23,6 +23,9 @@ from anime_pipeline.settings import ensure_instance_home, instance_home
 DRIVER_TAG = "anime_pipeline/driver"  # "cli": the CLI drives the stages itself
 WORKER_PID_TAG = "anime_pipeline/worker_pid"
 WORKER_HOST_TAG = "anime_pipeline/worker_host"
+# Set on a run that refused to render (the project's budget, a rebalance_required plan): its
+# shots were never tried, so they are not render failures (the monitor, the metrics).
+REFUSED_TAG = "anime_pipeline/refused"
 GPU_POOL = "gpu"
 _IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                 dg.DagsterRunStatus.CANCELING]

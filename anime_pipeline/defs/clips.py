@@ -39,7 +39,7 @@ from anime_pipeline.defs.resources import (
 from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import ClipMetadata
-from anime_pipeline.instance import claim_run_worker
+from anime_pipeline.instance import REFUSED_TAG, claim_run_worker
 from anime_pipeline.ledger import BudgetStatus, load_prices
 from anime_pipeline.media.ffmpeg import ffmpeg_info
 from anime_pipeline.ops.notify import check_budgets
@@ -64,11 +64,13 @@ class ClipsConfig(dg.Config):
                                    "rebalance_required (it does not fit its budget or SLA).")
 
 
-def refuse_unbalanced(plan: ComputePlan, config: ClipsConfig) -> None:
+def refuse_unbalanced(context: dg.AssetExecutionContext, plan: ComputePlan,
+                      config: ClipsConfig) -> None:
     """A plan that does not fit its budget or SLA renders only when the user says so."""
     if plan.status == "rebalance_required" and not config.allow_rebalance:
         proposal = plan.rebalance_proposal
         why = f" ({proposal.reason})" if proposal is not None else ""
+        context.instance.add_run_tags(context.run.run_id, {REFUSED_TAG: "rebalance_required"})
         raise dg.Failure(
             f"{plan.episode_key}: the compute plan says rebalance_required{why}. Raise the "
             "episode's budget or deadline and re-plan, or render anyway with "
@@ -116,11 +118,13 @@ def _preview_cut(context: dg.AssetExecutionContext, store: Storage, bundle: Epis
 
 
 @contextmanager
-def _budget_failure() -> Iterator[None]:
-    """A refused budget fails the step with its message (no stack frames in the UI)."""
+def _budget_failure(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """A refused budget fails the step with its message (no stack frames in the UI), and
+    tags the run: the shots it did not start are no render failures."""
     try:
         yield
     except BudgetRefused as e:
+        context.instance.add_run_tags(context.run.run_id, {REFUSED_TAG: "budget"})
         raise dg.Failure(str(e)) from None
 
 
@@ -193,7 +197,7 @@ def clips(
         for episode_key, shot_ids in shots_by_episode(context.partition_keys).items():
             bundle = catalog.load_registered(store, episode_key)
             plan = planning.read_compute_plan(store, episode_key)
-            refuse_unbalanced(plan, config)
+            refuse_unbalanced(context, plan, config)
             context.log.info(f"{episode_key}: rendering {len(shot_ids)} shot(s): "
                              f"{run.env.concurrency} at a time on farms, "
                              f"{run.env.local_concurrency} on this machine, encoder "
@@ -205,7 +209,7 @@ def clips(
                     history=cost_history(context.instance),
                     policy=policy_record(runtime.policy()))
 
-            with store.scratch() as work, _budget_failure():
+            with store.scratch() as work, _budget_failure(context):
                 holder, outcomes = run.render(store, bundle, plan, shot_ids, work_dir=work,
                                               force=config.force, replan=replan)
                 for item in outcomes:

@@ -35,7 +35,7 @@ from pydantic import Field
 from anime_pipeline.defs.metadata import read_clip_metadata
 from anime_pipeline.defs.resources import RuntimePolicyResource
 from anime_pipeline.domain.records import ClipMetadata
-from anime_pipeline.instance import GPU_POOL
+from anime_pipeline.instance import GPU_POOL, REFUSED_TAG
 from anime_pipeline.runtime import control
 from anime_pipeline.runtime.explain import (
     describe_policy,
@@ -344,9 +344,12 @@ FAILED_RUN_STATUSES = frozenset({dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatu
 def failed_renders(record: dg.RunRecord, clips_of_run: RunClips) -> int:
     """The clips a run failed to render: planned and never materialized, in a run that failed
     or was canceled after it had started. A run canceled in the queue, or that never launched,
-    rendered nothing (its partitions are planned when the run is created)."""
+    rendered nothing (its partitions are planned when the run is created); nor did the shots a
+    run refused to start (``REFUSED_TAG``: the budget, a rebalance_required plan)."""
     if record.dagster_run.status not in FAILED_RUN_STATUSES or record.start_time is None:
         return 0
+    if REFUSED_TAG in record.dagster_run.tags:
+        return 0  # refused (budget, rebalance_required): the shots not started were not tried
     return len(clips_of_run.unmaterialized)
 
 

@@ -123,8 +123,9 @@ FAMILIES: dict[str, Family] = {
     f"{PREFIX}_clips_reused_total": Family(
         "counter", (), "Clips reused because they were current (not rendered again)."),
     f"{PREFIX}_runs": Family(
-        "gauge", ("job", "status"),
-        "Runs on the instance by job and status (ended runs counted from their end events)."),
+        "gauge", ("dagster_job", "status"),
+        "Runs on the instance by Dagster job and status (ended runs counted from their end "
+        "events); the label is dagster_job: Prometheus keeps job for the scrape target."),
     f"{PREFIX}_queue_backlog": Family(
         "gauge", ("kind",),
         "Waiting work: runs queued or not started; shots of clips runs not rendering yet."),

@@ -71,6 +71,13 @@ def test_usage_then_a_refused_render_then_the_budget_raised(tmp_path: Path) -> N
         assert "refused before rendering: budget of studio-a/moonlit-courier" in refused.stderr
         assert "Traceback" not in refused.stderr
         assert len(a.prompts) == prompts  # nothing was sent
+        # The refused run's shots were never tried: no render failures for the monitor.
+        from anime_pipeline.defs.runtime import clip_render_stats
+        from anime_pipeline.instance import open_instance
+
+        with open_instance(tmp_path / "dagster_home") as instance:
+            stats = clip_render_stats(instance, since=0.0)
+        assert stats.failed == 0 and stats.succeeded == 2, stats
 
         # ``--allow-rebalance`` is not a budget override; raising the budget is.
         assert _cli("budget", "set", "--tenant", "studio-a", "--project", "moonlit-courier",
@@ -91,6 +98,11 @@ def test_a_plan_that_does_not_fit_renders_only_when_the_user_says_so(tmp_path: P
     assert refused.returncode == 1
     assert "rebalance_required" in refused.stderr and "--allow-rebalance" in refused.stderr
     assert "Traceback" not in refused.stderr
+    from anime_pipeline.defs.runtime import clip_render_stats
+    from anime_pipeline.instance import open_instance
+
+    with open_instance(tmp_path / "dagster_home") as instance:
+        assert clip_render_stats(instance, since=0.0).failed == 0  # refused, not failed
     done = _cli("render", str(folder), "--allow-rebalance", "--json", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["plan_status"] == "rebalance_required"

@@ -160,7 +160,7 @@ def test_clip_renders_failures_and_reuse(instance: dg.DagsterInstance) -> None:
     assert value(s, "clip_render_seconds_count", backend="animatic", status="degraded") == 1
     assert value(s, "clip_render_seconds_bucket", backend="placeholder", status="placeholder",
                  le="0.5") == 1
-    assert value(s, "runs", job="render_clips", status="failure") == 1
+    assert value(s, "runs", dagster_job="render_clips", status="failure") == 1
     assert value(s, "metrics_caught_up") == 1
     assert value(s, "metrics_source_up", source="instance") == 1
     assert value(s, "gpus") == 0 and P + "gpu_memory_used_bytes" not in names(s)
@@ -270,10 +270,10 @@ def test_runs_and_backlog(instance: dg.DagsterInstance) -> None:
     storage.claim_concurrency_slot("gpu", waiting.run_id, "clips")  # no slot left: pending
 
     s = scrape(PipelineCollector(instance, gpu_query=no_gpu))
-    assert value(s, "runs", job="render_clips", status="not_started") == 3
-    assert value(s, "runs", job="plan_episode", status="not_started") == 1
-    assert value(s, "runs", job="render_clips", status="started") == 2
-    assert value(s, "runs", job="render_clips", status="canceled") == 1
+    assert value(s, "runs", dagster_job="render_clips", status="not_started") == 3
+    assert value(s, "runs", dagster_job="plan_episode", status="not_started") == 1
+    assert value(s, "runs", dagster_job="render_clips", status="started") == 2
+    assert value(s, "runs", dagster_job="render_clips", status="canceled") == 1
     assert value(s, "queue_backlog", kind="runs") == 4
     # S01..S03, S04, S07..S08 (waiting for a gpu slot); not S05..S06 (rendering), not X1..X2
     assert value(s, "queue_backlog", kind="shots") == 3 + 1 + 2
