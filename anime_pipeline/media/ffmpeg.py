@@ -31,13 +31,14 @@ import importlib.resources
 import logging
 import math
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -523,6 +524,113 @@ def run_stdout(args: Sequence[str], *, timeout: float) -> bytes:
     code, out, stderr = _exec(cmd, timeout=timeout, what=_describe(cmd), want_stdout=True)
     _raise_for(code, cmd, stderr)
     return out
+
+
+#: :func:`stream_stdout` hands out stdout in pieces of this many bytes unless told otherwise.
+STREAM_CHUNK_BYTES = 1 << 20
+#: ... and lets ffmpeg run this many pieces ahead of the consumer.
+STREAM_PREFETCH = 4
+
+
+def stream_stdout(args: Sequence[str], *, timeout: float, chunk_bytes: int = STREAM_CHUNK_BYTES,
+                  prefetch: int = STREAM_PREFETCH) -> Generator[bytes, None, None]:
+    """Run ffmpeg and yield its stdout as it comes, in pieces of ``chunk_bytes`` (only the last
+    may be shorter), so that what is held never depends on the output's length: at most
+    ``prefetch`` pieces wait in a queue (ffmpeg decodes ahead while the consumer works), one is
+    being read and one is with the consumer.
+
+    ``timeout`` bounds the whole run, the consumer's time between pieces included. ffmpeg
+    runs in its own process group, like every call here; on timeout the group is killed and
+    :class:`FfmpegTimeout` raised; when the consumer stops early (``close()``, an exception,
+    the generator dropped) the group is killed too. A failing ffmpeg raises
+    :class:`FfmpegError` (or :class:`DiskFullError`) after the pieces it did write.
+    """
+    limit = _check_timeout(timeout)
+    if chunk_bytes <= 0 or prefetch <= 0:
+        raise ValueError(f"chunk_bytes and prefetch must be positive, got {chunk_bytes}, "
+                         f"{prefetch}")
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", *LEVEL_TAGS, *args]
+    what = _describe(cmd)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as e:
+        raise FfmpegError(f"cannot start {cmd[0]}: {e}", cmd) from e
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout = proc.stdout
+    tail = _Tail()
+    pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=prefetch)  # None: the end
+    stop = threading.Event()
+
+    def offer(piece: bytes | None) -> None:
+        while not stop.is_set():
+            try:
+                pieces.put(piece, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def pump() -> None:
+        try:
+            while not stop.is_set():
+                piece = stdout.read(chunk_bytes)  # blocks until chunk_bytes or EOF
+                if not piece:
+                    break
+                offer(piece)
+        except (OSError, ValueError):  # the pipe closed under us: we are stopping
+            pass
+        finally:
+            offer(None)
+
+    threads = [threading.Thread(target=tail.drain, args=(proc.stderr,), daemon=True),
+               threading.Thread(target=pump, daemon=True)]
+    for t in threads:
+        t.start()
+
+    def timed_out() -> FfmpegTimeout:
+        elapsed = time.monotonic() - t0
+        _kill_group(proc)
+        stop.set()
+        _join(threads)
+        return FfmpegTimeout(
+            f"{what} timed out after {elapsed:.1f} s (limit {limit:g} s); its process "
+            f"group {proc.pid} was killed. Last output: {_summary(tail.text(), 3) or '(none)'}",
+            cmd, _untag(tail.text()), timeout=limit)
+
+    try:
+        while True:
+            left = t0 + limit - time.monotonic()
+            if left <= 0:
+                raise timed_out()
+            try:
+                piece = pieces.get(timeout=left)
+            except queue.Empty:
+                raise timed_out() from None
+            if piece is None:
+                break
+            yield piece
+        try:
+            code = proc.wait(timeout=max(0.01, t0 + limit - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise timed_out() from None
+        try:  # anything the child left behind in its group goes with it
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        stop.set()
+        _join(threads)
+        _raise_for(code, cmd, tail.text())
+    finally:
+        stop.set()
+        if proc.returncode is None:  # stopped early, failed or timed out: leave nothing running
+            _kill_group(proc)
+        for stream in (proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        _join(threads)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -156,6 +156,8 @@ def test_ffmpeg_hung_on_a_fifo_is_killed(tmp_path: Path) -> None:
     assert "timed out after" in str(err) and "limit 1.5 s" in str(err)
     assert "in.fifo" in str(err)  # says what timed out
     for call in (lambda: ff.run_stdout(["-i", str(fifo), "-f", "s16le", "-"], timeout=1),
+                 lambda: list(ff.stream_stdout(["-i", str(fifo), "-f", "s16le", "-"],
+                                               timeout=1)),
                  lambda: ff.probe(fifo, timeout=1),
                  lambda: ff.count_video_frames(fifo, timeout=1)):
         with pytest.raises(ff.FfmpegTimeout):
@@ -217,6 +219,69 @@ def test_hung_encoder_listing_and_version_time_out(tmp_path: Path,
         ff.encoders(timeout=1)
     assert ff.nvenc_works(0, timeout=1) is False
     assert time.monotonic() - t0 < 20
+
+
+def _pid_wrapper(tmp_path: Path, bundled: str) -> tuple[Path, Path]:
+    """An $FFMPEG_BINARY that runs ffmpeg as its child beside a sleeping grandchild and
+    writes down every pid (ffmpeg -version passes straight through)."""
+    pids = tmp_path / "pids"
+    wrapper = write_script(tmp_path / "wrapper", (
+        f'case "$*" in *-version*) exec "{bundled}" "$@";; esac\n'
+        f'"{bundled}" "$@" &\n'
+        f'echo "ffmpeg $!" >> "{pids}"\n'
+        'sleep 1000 &\n'
+        f'echo "sleep $!" >> "{pids}"\n'
+        f'echo "wrapper $$" >> "{pids}"\n'
+        'wait\n'))
+    return wrapper, pids
+
+
+ENDLESS_PCM = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050:duration=36000",
+               "-f", "f32le", "-"]
+
+
+def test_stream_stdout_hands_out_bounded_pieces_and_raises_failures() -> None:
+    pieces = list(ff.stream_stdout(
+        ["-f", "lavfi", "-i", "sine=sample_rate=8000:duration=3", "-f", "s16le", "-"],
+        timeout=T, chunk_bytes=10_000, prefetch=2))
+    assert [len(p) for p in pieces[:-1]] == [10_000] * (len(pieces) - 1)
+    assert sum(len(p) for p in pieces) == 3 * 8000 * 2
+    with pytest.raises(ff.FfmpegError, match="nowhere.wav"):
+        list(ff.stream_stdout(["-i", "file:/nowhere.wav", "-f", "s16le", "-"], timeout=T))
+    with pytest.raises(ValueError):
+        next(ff.stream_stdout(ENDLESS_PCM, timeout=T, chunk_bytes=0))
+
+
+def test_stream_stdout_stopped_early_kills_the_whole_group(
+        tmp_path: Path, bundled: str, monkeypatch: pytest.MonkeyPatch, use_binary: None) -> None:
+    wrapper, pids = _pid_wrapper(tmp_path, bundled)
+    monkeypatch.setenv(ff.ENV_BINARY, str(wrapper))
+    ff.ffmpeg_binary()
+    pids.write_text("")
+    stream = ff.stream_stdout(ENDLESS_PCM, timeout=T, chunk_bytes=4096)
+    assert len(next(stream)) == 4096 and len(next(stream)) == 4096  # 10 hours of sine: never ends
+    stream.close()
+    started = dict(line.split() for line in pids.read_text().splitlines())
+    assert set(started) == {"ffmpeg", "sleep", "wrapper"}
+    for name, pid in started.items():
+        assert _wait_gone(int(pid)), f"{name} (pid {pid}) survived the early stop"
+
+
+def test_stream_stdout_timeout_counts_the_consumers_time(
+        tmp_path: Path, bundled: str, monkeypatch: pytest.MonkeyPatch, use_binary: None) -> None:
+    """A consumer slower than the timeout: FfmpegTimeout at the next piece, group killed."""
+    wrapper, pids = _pid_wrapper(tmp_path, bundled)
+    monkeypatch.setenv(ff.ENV_BINARY, str(wrapper))
+    ff.ffmpeg_binary()
+    pids.write_text("")
+    t0 = time.monotonic()
+    with pytest.raises(ff.FfmpegTimeout) as info:
+        for _ in ff.stream_stdout(ENDLESS_PCM, timeout=1.0, chunk_bytes=4096):
+            time.sleep(0.3)
+    assert time.monotonic() - t0 < 15
+    assert "timed out after" in str(info.value) and "limit 1 s" in str(info.value)
+    for name, pid in dict(line.split() for line in pids.read_text().splitlines()).items():
+        assert _wait_gone(int(pid)), f"{name} (pid {pid}) survived the timeout"
 
 
 # --------------------------------------------------------------------------- stderr
