@@ -1,8 +1,20 @@
 """Audio analysis for the ``audio_event_manifest`` asset: onsets, tempo, beats, energy.
 
-Plain numpy (no Dagster, no librosa). :func:`analyze` turns a mono float array into an
-:class:`AudioAnalysis`; :func:`build_manifest` lays it over an episode's shots as the JSON
-document the budgeter reads; :func:`manifest_problems` checks such a document.
+Plain numpy (no Dagster, no librosa). :class:`AudioAnalyzer` takes a mono signal in pieces
+of any size (:meth:`~AudioAnalyzer.feed`, then :meth:`~AudioAnalyzer.finish`) and gives an
+:class:`AudioAnalysis`; :func:`analyze_stream` runs it over an iterable of pieces (the
+pipeline's: ffmpeg's decode, see :func:`anime_pipeline.media.audio_io.stream_audio`),
+:func:`analyze` over one array. :func:`build_manifest` lays the result over an episode's
+shots as the JSON document the budgeter reads; :func:`manifest_problems` checks such a
+document.
+
+Streaming: every per-sample step (the STFT, the loudness of each frame, the 50 ms energy
+frames, the placing of each onset candidate in the time domain) runs on the piece at hand
+plus a tail of about 120 ms, vectorised over blocks of frames; what is kept per
+envelope frame (11.6 ms) is three float32 and per 50 ms one float64, what tempo and beat
+tracking need whole. The result does not depend on how the signal was cut (the tests check
+it bit for bit) and equals that of the whole-array analysis it replaced up to float
+rounding (``anime_pipeline_tests/domain/test_audio_streaming.py``).
 
 Method, in short:
 
@@ -26,6 +38,7 @@ Method, in short:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,44 +110,6 @@ def _log_bands(n_fft: int, sample_rate: int, n_bands: int = 48) -> np.ndarray:
     return fb
 
 
-def _onset_envelope(
-    x: np.ndarray, sample_rate: int, n_fft: int, hop: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two spectral-flux envelopes and the per-frame RMS (dBFS), one value per hop (centred).
-
-    The first is strongly log-compressed (nearly level-invariant: a soft hat counts as much
-    as a kick) and finds onsets; the second is only mildly compressed, so loud accents weigh
-    more, and drives tempo and beat tracking.
-    """
-    n_frames = 1 + x.size // hop
-    padded = np.concatenate(
-        [np.zeros(n_fft // 2, np.float32), x, np.zeros(n_fft // 2 + hop, np.float32)]
-    )
-    frames_all = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:n_frames]
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    fb = _log_bands(n_fft, sample_rate)
-    scale = 2.0 / window.sum()
-    bands = np.empty((n_frames, fb.shape[1]), dtype=np.float32)
-    rms_db = np.empty(n_frames, dtype=np.float32)
-    block = 2048
-    for start in range(0, n_frames, block):
-        fr = frames_all[start : start + block]
-        mag = np.abs(np.fft.rfft(fr * window, axis=1)).astype(np.float32) * scale
-        bands[start : start + block] = mag @ fb
-        ms = np.mean(np.square(fr[:, n_fft // 4 : 3 * n_fft // 4], dtype=np.float32), axis=1)
-        rms_db[start : start + block] = 10.0 * np.log10(ms + 1e-12)
-    return _flux(bands, 1000.0), _flux(bands, 10.0), rms_db
-
-
-def _flux(bands: np.ndarray, gamma: float) -> np.ndarray:
-    """Half-wave-rectified spectral flux of ``log(1 + gamma * bands)``, averaged over bands."""
-    logspec = np.log1p(gamma * bands)
-    flux = np.zeros(bands.shape[0], dtype=np.float32)
-    if bands.shape[0] > 1:
-        flux[1:] = np.maximum(logspec[1:] - logspec[:-1], 0.0).mean(axis=1)
-    return flux
-
-
 # --------------------------------------------------------------------------- onsets
 
 
@@ -165,50 +140,6 @@ def _pick_peaks(env: np.ndarray, rms_db: np.ndarray, rate: float) -> np.ndarray:
             continue
         picked.append(int(i))
     return np.asarray(picked, dtype=np.int64)
-
-
-def _refine_onsets(
-    x: np.ndarray, frames: np.ndarray, hop: int, n_fft: int, sample_rate: int
-) -> np.ndarray:
-    """Move each onset to the sharpest energy rise of the high-passed signal near its frame.
-
-    Energy is taken over ~6 ms windows (longer than a period of the low notes, so sustained
-    tones read as steady) every ~1.5 ms; the attack is where a window is loudest relative to
-    the window just before it. When nothing rises clearly (a soft or masked onset), the flux
-    frame is kept, corrected for its typical lead of about one hop.
-    """
-    if frames.size == 0:
-        return np.zeros(0, dtype=np.float64)
-    win = max(16, int(round(sample_rate * 0.006)))
-    step = max(4, win // 4)
-    hp = np.empty(x.size + 1, dtype=np.float64)
-    hp[0] = 0.0
-    hp[1] = 0.0
-    hp[2:] = x[1:] - 0.95 * x[:-1]
-    csum = np.cumsum(np.square(hp))  # csum[i] = energy of hp[:i]
-    out = np.empty(frames.size, dtype=np.float64)
-    half = n_fft // 2
-    for k, f in enumerate(frames):
-        centre = int(f) * hop
-        # The log-compressed flux peaks as soon as its window reaches the attack, up to half
-        # a window early; so search mostly after the frame's centre.
-        first = max(win, centre - half // 2)
-        last = min(x.size - win, centre + half + win)
-        starts = np.arange(first, last, step)
-        if starts.size < 2:
-            out[k] = (centre + hop) / sample_rate
-            continue
-        now = csum[starts + win] - csum[starts]
-        before = csum[starts] - csum[starts - win]
-        level = 10.0 * np.log10(now / win + 1e-12)
-        rise = level - 10.0 * np.log10(before / win + 1e-12)
-        rise[level < level.max() - 10.0] = -np.inf  # the attack reaches the segment's peak
-        best = int(np.argmax(rise))
-        if rise[best] < _MIN_RISE_DB:
-            out[k] = (centre + hop) / sample_rate
-        else:
-            out[k] = (starts[best] + step / 2) / sample_rate
-    return out
 
 
 # --------------------------------------------------------------------------- tempo
@@ -304,29 +235,29 @@ def _track_beats(env: np.ndarray, period: float, tightness: float = 100.0) -> np
     d_max = max(d_min + 1, int(round(2 * period)))
     offsets = np.arange(d_max, d_min - 1, -1)  # prev = i - offset, oldest first
     txcost = -tightness * np.log(offsets / period) ** 2
-    cum = np.zeros(n, dtype=np.float64)
     back = np.full(n, -1, dtype=np.int64)
-    first = True
     thresh = 0.01 * float(local.max())
-    for i in range(n):
-        lo = i - d_max
-        if i - d_min < 0:
-            cum[i] = local[i]
-            continue
-        if lo >= 0:
-            cand = cum[lo : i - d_min + 1] + txcost
-            start = lo
-        else:
-            cand = cum[0 : i - d_min + 1] + txcost[-lo:]
-            start = 0
-        j = int(np.argmax(cand))
-        cum[i] = local[i] + cand[j]
-        back[i] = start + j
-        if first and local[i] < thresh:
-            back[i] = -1
-            cum[i] = local[i]
-        else:
-            first = False
+    # Frames before d_min, and every frame before the first strong one after them, start a
+    # path of their own (cum = local, no predecessor).
+    strong = np.flatnonzero(local[d_min:] >= thresh)
+    i0 = d_min + int(strong[0]) if strong.size else n
+    # From i0 on: cum[i] = local[i] + max over prev in i-d_max..i-d_min of cum[prev] +
+    # txcost. The d_min frames from a on look only at frames before a, so they are done
+    # together: row i of the sliding view is cum[i-d_max : i-d_min+1] (-inf before frame 0,
+    # so argmax picks, as the one-frame loop did, the oldest of equal scores).
+    padded = np.full(n + d_max, -np.inf, dtype=np.float64)
+    cum = padded[d_max:]  # the scores, with -inf before frame 0
+    cum[:i0] = local[:i0]
+    rows = np.lib.stride_tricks.sliding_window_view(padded, d_max - d_min + 1)
+    cand = np.empty((d_min, d_max - d_min + 1), dtype=np.float64)
+    ar = np.arange(d_min)
+    for a in range(i0, n, d_min):
+        b = min(n, a + d_min)
+        c, k = cand[: b - a], ar[: b - a]
+        np.add(rows[a:b], txcost, out=c)
+        j = c.argmax(axis=1)
+        np.add(local[a:b], c[k, j], out=cum[a:b])
+        back[a:b] = (a - d_max) + k + j
     # Last beat: the last local maximum of the cumulative score that is a credible ending.
     is_max = np.zeros(n, dtype=bool)
     if n >= 3:
@@ -353,74 +284,6 @@ def _track_beats(env: np.ndarray, period: float, tightness: float = 100.0) -> np
     return out
 
 
-# --------------------------------------------------------------------------- energy
-
-
-def energy_curve(
-    x: np.ndarray, sample_rate: int, hop_s: float = ENERGY_HOP_MS / 1000
-) -> np.ndarray:
-    """RMS per ``hop_s`` frame, normalised so the loudest frame is 1 (all zeros for silence)."""
-    step = sample_rate * hop_s
-    n = int(math.ceil(x.size / step)) if x.size else 0
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    bounds = np.minimum(np.round(np.arange(n) * step).astype(np.int64), x.size - 1)
-    sq = np.square(x, dtype=np.float64)
-    sums = np.add.reduceat(sq, bounds)
-    counts = np.diff(np.append(bounds, x.size)).astype(np.float64)
-    rms = np.sqrt(sums / np.maximum(counts, 1.0))
-    peak = float(rms.max())
-    if peak < 1e-6:
-        return np.zeros(n, dtype=np.float32)
-    return (rms / peak).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- analyze
-
-
-def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
-    """Onsets, tempo, beats and the energy curve of a mono signal in [-1, 1]."""
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim == 2:  # (n, channels) or (channels, n): downmix
-        x = x.mean(axis=1 if x.shape[0] > x.shape[1] else 0).astype(np.float32)
-    if x.ndim != 1:
-        raise ValueError(f"expected mono samples, got an array of shape {x.shape}")
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    n_fft, hop = _stft_params(sample_rate)
-    rate = sample_rate / hop
-    energy = energy_curve(x, sample_rate)
-    empty = np.zeros(0, dtype=np.float64)
-    if x.size < n_fft:
-        return AudioAnalysis(sample_rate, int(x.size), empty, None, empty, energy,
-                             envelope_rate=rate)  # fmt: skip
-    env, accent, rms_db = _onset_envelope(x, sample_rate, n_fft, hop)
-    peaks = _pick_peaks(env, rms_db, rate)
-    onsets = _refine_onsets(x, peaks, hop, n_fft, sample_rate)
-    tempo: float | None = None
-    beats = empty
-    strength = 0.0
-    if onsets.size >= _MIN_ONSETS_FOR_TEMPO:
-        period, strength = _estimate_period(accent, rate)
-        if period is not None:
-            tempo = 60.0 * rate / period
-            beat_frames = _track_beats(accent, period)
-            beats = (beat_frames + 1) * (hop / sample_rate)  # the flux leads by ~1 hop
-            beats = _snap(beats, onsets, tol=min(0.05, 0.2 * period / rate))
-    return AudioAnalysis(
-        sample_rate=sample_rate,
-        n_samples=int(x.size),
-        onset_times=onsets,
-        tempo_bpm=tempo,
-        beat_times=beats,
-        energy=energy,
-        onset_envelope=env,
-        envelope_rate=rate,
-        periodicity=strength,
-    )
-
-
 def _snap(beats: np.ndarray, onsets: np.ndarray, tol: float) -> np.ndarray:
     """Move each beat to the nearest onset when it is within ``tol`` seconds."""
     if beats.size == 0 or onsets.size == 0:
@@ -433,6 +296,446 @@ def _snap(beats: np.ndarray, onsets: np.ndarray, tol: float) -> np.ndarray:
         nearest = np.where(np.abs(beats - left) <= np.abs(right - beats), left, right)
     out = np.where(np.abs(nearest - beats) <= tol, nearest, beats)
     return np.asarray(np.maximum.accumulate(out), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- streaming state
+
+#: STFT frames transformed together: bounded temporaries (about 3 MB), few numpy calls.
+_BLOCK_FRAMES = 256
+#: :meth:`AudioAnalyzer.feed` takes longer pieces this many samples at a time.
+_FEED_SAMPLES = 1 << 18
+
+
+class _Series:
+    """A growing 1-D array (capacity doubles): what the analysis keeps per envelope frame."""
+
+    __slots__ = ("_a", "n")
+
+    def __init__(self, dtype: type, capacity: int = 1024) -> None:
+        self._a: np.ndarray = np.empty(capacity, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + values.size
+        if need > self._a.size:
+            grown = np.empty(max(need, 2 * self._a.size), dtype=self._a.dtype)
+            grown[: self.n] = self._a[: self.n]
+            self._a = grown
+        self._a[self.n : need] = values
+        self.n = need
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._a[: self.n]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._a.nbytes)
+
+
+class _Bands:
+    """The log-spaced triangular band energies of magnitude spectra, without a matrix product.
+
+    Equal to ``mag @ _log_bands(n_fft, sample_rate)`` (up to rounding): the band edges split
+    the bins into segments; bin k in segment s weighs ``u_k`` (its position in the segment,
+    0..1) in band s (rising slope) and ``1 - u_k`` in band s - 1 (falling slope), so with the
+    segment sums T_s = sum m_k and R_s = sum u_k m_k, band b = R_b + T_{b+1} - R_{b+1}. Two
+    ``reduceat`` calls over contiguous bins instead of a BLAS product, which is single-threaded
+    and so never waits on a BLAS thread that shares its core with ffmpeg.
+    """
+
+    def __init__(self, n_fft: int, sample_rate: int, n_bands: int = 48) -> None:
+        freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+        lo, hi = 30.0, min(16000.0, 0.45 * sample_rate)
+        if hi <= lo:
+            raise ValueError(f"sample_rate {sample_rate} Hz is too low for the analysis")
+        edges = np.geomspace(lo, hi, n_bands + 2)
+        bounds = np.searchsorted(freqs, edges, side="left")  # segment s: bins bounds[s]..[s+1]
+        self.end = int(bounds[-1])
+        self.n_bands = n_bands
+        seg = np.searchsorted(bounds, np.arange(self.end), side="right") - 1
+        u = np.zeros(self.end, dtype=np.float64)
+        inside = seg >= 0
+        s = seg[inside]
+        u[inside] = (freqs[: self.end][inside] - edges[s]) / (edges[s + 1] - edges[s])
+        self.u = u
+        self.empty_segments = np.flatnonzero(bounds[1:] <= bounds[:-1])
+        self.starts = np.minimum(bounds[:-1], max(self.end - 1, 0))
+        # A band with no bin inside its triangle takes its nearest bin (as _log_bands does).
+        fb = _log_bands(n_fft, sample_rate)
+        single = [b for b in range(n_bands) if np.count_nonzero(fb[:, b]) == 1
+                  and not ((freqs > edges[b]) & (freqs < edges[b + 2])).any()]
+        self.fallback_bands = np.asarray(single, dtype=np.int64)
+        self.fallback_bins = np.asarray([int(np.argmax(fb[:, b])) for b in single],
+                                        dtype=np.int64)
+
+    def __call__(self, mag: np.ndarray) -> np.ndarray:
+        nb = self.n_bands
+        m = mag[:, : self.end]
+        totals = np.add.reduceat(m, self.starts, axis=1)
+        rising = np.add.reduceat(m * self.u, self.starts, axis=1)
+        totals[:, self.empty_segments] = 0.0
+        rising[:, self.empty_segments] = 0.0
+        out = rising[:, :nb] + totals[:, 1 : nb + 1] - rising[:, 1 : nb + 1]
+        if self.fallback_bands.size:
+            out[:, self.fallback_bands] = mag[:, self.fallback_bins]
+        return out
+
+
+def _window_reduce(fn: str, a: np.ndarray, start: int, stop: int, before: int, after: int,
+                   ) -> np.ndarray:
+    """``_moving(fn, a, before, after)[start:stop]`` reading only ``a[start-before:stop+after]``
+    (edge-padded at the ends of ``a``): the same windows, on the frames at hand (float64)."""
+    lo, hi = max(0, start - before), min(a.size, stop + after)
+    seg = np.pad(a[lo:hi].astype(np.float64), (before - (start - lo), after - (hi - stop)),
+                 mode="edge")
+    n, width = stop - start, before + after + 1
+    if fn == "max":
+        out = seg[:n].copy()
+        for i in range(1, width):
+            np.maximum(out, seg[i : i + n], out=out)
+        return out
+    csum = np.concatenate((np.zeros(1), np.cumsum(seg)))
+    mean: np.ndarray = (csum[width:] - csum[:-width]) / width
+    return mean
+
+
+class AudioAnalyzer:
+    """The analysis of a mono signal fed in pieces of any size: :meth:`feed`, then
+    :meth:`finish` once. The result is that of the whole signal, whatever the pieces.
+
+    What it holds does not grow with the signal's samples: between two feeds a tail of at
+    most about 120 ms (under three STFT windows: :attr:`retained_samples`), while feeding
+    the piece and the STFT's block temporaries (a few MB); and per envelope frame (every
+    ``hop`` samples, 11.6 ms) three float32 (the onset and accent envelopes and the frame
+    loudness), plus the 50 ms energy frames and the onset candidates: about 1 KB per second
+    of audio (:attr:`series_bytes`), a hundredth of the samples' own size; they are what
+    tempo and beat tracking need whole.
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self.sample_rate = int(sample_rate)
+        n_fft, hop = _stft_params(self.sample_rate)
+        self._n_fft, self._hop = n_fft, hop
+        self.rate = self.sample_rate / hop
+        self._pad = n_fft // 2
+        window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+        self._window = window
+        self._scale = float(2.0 / window.sum())
+        self._bands = _Bands(n_fft, self.sample_rate)
+        self._t64 = np.empty((_BLOCK_FRAMES, n_fft), dtype=np.float64)
+        self._spec = np.empty((_BLOCK_FRAMES, n_fft // 2 + 1), dtype=np.complex128)
+        self._mag = np.empty((_BLOCK_FRAMES, n_fft // 2 + 1), dtype=np.float64)
+        # the zero-padded signal (n_fft/2 zeros first), held from padded index _p0 on
+        self._buf = np.zeros(self._pad, dtype=np.float32)
+        self._p0 = 0
+        self._n = 0  # samples fed
+        self._frames = 0  # STFT frames done
+        self._prev_logs: tuple[np.ndarray, np.ndarray] | None = None
+        self._env = _Series(np.float32)
+        self._accent = _Series(np.float32)
+        self._rms_db = _Series(np.float32)
+        self._env_max = 0.0
+        # peak picking's windows (as in _pick_peaks) and the onset refinement's geometry
+        self._pre_max = max(1, int(round(0.03 * self.rate)))
+        self._pre_avg = max(1, int(round(0.10 * self.rate)))
+        self._post_avg = max(1, int(round(0.07 * self.rate)))
+        self._lookahead = max(self._pre_max, self._post_avg, 2)
+        self._win = max(16, int(round(self.sample_rate * 0.006)))
+        self._step = max(4, self._win // 4)
+        half = n_fft // 2
+        # the most search windows a frame has (those near the start have fewer), and the
+        # samples its refinement reads past its first search window's start
+        self._max_starts = -(-(half // 2 + half + self._win) // self._step)
+        self._reach = self._win + (self._max_starts - 1) * self._step + 1
+        self._classified = 0  # frames whose candidacy is decided
+        self._pending = np.zeros(0, dtype=np.int64)  # candidates waiting for their samples
+        self._cand_frames = _Series(np.int64)
+        self._cand_times = _Series(np.float64)
+        # the energy curve's frames
+        self._energy_step = self.sample_rate * (ENERGY_HOP_MS / 1000)
+        self._energy_frames = 0
+        self._rms = _Series(np.float64)
+        self._finished = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def retained_samples(self) -> int:
+        """Samples held between two :meth:`feed` calls (bounded by construction)."""
+        return int(self._buf.size)
+
+    @property
+    def series_bytes(self) -> int:
+        """Bytes of the per-frame series (they grow with the duration, ~1 KB per second)."""
+        return sum(s.nbytes for s in (self._env, self._accent, self._rms_db, self._rms,
+                                      self._cand_frames, self._cand_times))
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Analyse the next samples (mono, [-1, 1]; NaN and infinities count as silence)."""
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"expected mono samples, got an array of shape {x.shape}")
+        for i in range(0, x.size, _FEED_SAMPLES):
+            part = x[i : i + _FEED_SAMPLES]
+            if not np.isfinite(part).all():
+                part = np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0)
+            self._buf = np.concatenate((self._buf, part))
+            self._n += part.size
+            self._advance(final=False)
+            self._trim()
+
+    def finish(self) -> AudioAnalysis:
+        """The analysis of everything fed (:func:`analyze`'s result for the whole signal)."""
+        if self._finished:
+            raise RuntimeError("finish() called twice")
+        self._finished = True
+        n, n_fft, hop = self._n, self._n_fft, self._hop
+        energy = self._finish_energy()
+        empty = np.zeros(0, dtype=np.float64)
+        if n < n_fft:
+            return AudioAnalysis(self.sample_rate, n, empty, None, empty, energy,
+                                 envelope_rate=self.rate)  # fmt: skip
+        tail = np.zeros(self._pad + hop + self._reach, dtype=np.float32)  # the last windows
+        self._buf = np.concatenate((self._buf, tail))
+        self._advance(final=True)
+        env, accent = self._env.values, self._accent.values
+        peaks = _pick_peaks(env, self._rms_db.values, self.rate)
+        onsets = self._onset_times(peaks)
+        tempo: float | None = None
+        beats = empty
+        strength = 0.0
+        if onsets.size >= _MIN_ONSETS_FOR_TEMPO:
+            period, strength = _estimate_period(accent, self.rate)
+            if period is not None:
+                tempo = 60.0 * self.rate / period
+                beat_frames = _track_beats(accent, period)
+                beats = (beat_frames + 1) * (hop / self.sample_rate)  # the flux leads by ~1 hop
+                beats = _snap(beats, onsets, tol=min(0.05, 0.2 * period / self.rate))
+        return AudioAnalysis(
+            sample_rate=self.sample_rate,
+            n_samples=n,
+            onset_times=onsets,
+            tempo_bpm=tempo,
+            beat_times=beats,
+            energy=energy,
+            onset_envelope=env.copy(),
+            envelope_rate=self.rate,
+            periodicity=strength,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    def _x(self, i: int) -> int:
+        """Position in the buffer of sample ``i`` of the signal."""
+        return i + self._pad - self._p0
+
+    def _advance(self, *, final: bool) -> None:
+        hop, n_fft = self._hop, self._n_fft
+        end = self._p0 + self._buf.size  # padded samples available
+        last = 1 + self._n // hop if final else (end - n_fft) // hop + 1
+        for a in range(self._frames, last, _BLOCK_FRAMES):
+            b = min(last, a + _BLOCK_FRAMES)
+            off = a * hop - self._p0
+            seg = self._buf[off : off + (b - a - 1) * hop + n_fft]
+            self._stft_block(np.lib.stride_tricks.sliding_window_view(seg, n_fft)[::hop])
+        self._frames = max(self._frames, last)
+        if not final:
+            self._energy_block()
+        self._classify(final=final)
+
+    def _stft_block(self, frames: np.ndarray) -> None:
+        """Onset and accent flux and loudness of STFT frames (as ``_onset_envelope``)."""
+        k, n_fft = frames.shape[0], self._n_fft
+        t64, spec, mag = self._t64[:k], self._spec[:k], self._mag[:k]
+        np.multiply(frames, self._window, out=t64)  # the float32 product, kept in float64
+        np.fft.rfft(t64, axis=1, out=spec)  # numpy's float64 FFT is 2-3x its float32 one
+        np.abs(spec, out=mag)
+        bands = (self._bands(mag) * self._scale).astype(np.float32)
+        # log(1 + g b) as _flux's log1p(g b): float32 log is SIMD, log1p is not (5x)
+        logs = (np.log(1000.0 * bands + 1.0), np.log(10.0 * bands + 1.0))
+        fluxes = []
+        for i, log in enumerate(logs):
+            prev = self._prev_logs[i] if self._prev_logs is not None else None
+            stacked = log if prev is None else np.concatenate((prev[None, :], log))
+            flux = np.maximum(stacked[1:] - stacked[:-1], 0.0).mean(axis=1)
+            fluxes.append(flux if prev is not None else np.concatenate(
+                (np.zeros(1, dtype=np.float32), flux)))
+        self._prev_logs = (logs[0][-1].copy(), logs[1][-1].copy())
+        ms = np.mean(np.square(frames[:, n_fft // 4 : 3 * n_fft // 4], dtype=np.float32), axis=1)
+        self._env.extend(fluxes[0])
+        self._accent.extend(fluxes[1])
+        self._rms_db.extend(10.0 * np.log10(ms + 1e-12))
+        if fluxes[0].size:
+            self._env_max = max(self._env_max, float(fluxes[0].max()))
+
+    def _energy_block(self) -> None:
+        """The 50 ms RMS frames wholly fed (as ``energy_curve``; the rest in _finish_energy)."""
+        step, n = self._energy_step, self._n  # step >= 3: _Bands refuses lower rates
+        if n == 0:
+            return
+        k0 = self._energy_frames
+        k_hi = int((n - 1) / step) + 2
+        ks = np.arange(k0, k_hi + 1)
+        bounds = np.round(ks * step).astype(np.int64)
+        complete = int(np.count_nonzero(bounds[1:] <= n - 1))  # frame k ends before sample n-1
+        if complete == 0:
+            return
+        self._rms.extend(self._frame_rms(bounds[: complete + 1], int(bounds[complete])))
+        self._energy_frames = k0 + complete
+
+    def _frame_rms(self, bounds: np.ndarray, stop: int) -> np.ndarray:
+        """RMS of the samples bounds[i]..bounds[i+1] (the last frame ends at ``stop``)."""
+        first = int(bounds[0])
+        seg = self._buf[self._x(first) : self._x(stop)]
+        sums = np.add.reduceat(np.square(seg, dtype=np.float64), bounds[:-1] - first)
+        counts = np.diff(bounds).astype(np.float64)
+        rms: np.ndarray = np.sqrt(sums / np.maximum(counts, 1.0))
+        return rms
+
+    def _finish_energy(self) -> np.ndarray:
+        n, step = self._n, self._energy_step
+        total = int(math.ceil(n / step)) if n else 0
+        if total == 0:
+            return np.zeros(0, dtype=np.float32)
+        k0 = self._energy_frames
+        if k0 < total:
+            bounds = np.minimum(np.round(np.arange(k0, total) * step).astype(np.int64), n - 1)
+            self._rms.extend(self._frame_rms(np.append(bounds, n), n))
+        rms = self._rms.values
+        peak = float(rms.max())
+        if peak < 1e-6:
+            return np.zeros(total, dtype=np.float32)
+        return (rms / peak).astype(np.float32)
+
+    def _classify(self, *, final: bool) -> None:
+        """Find the frames that may become onsets and place each one (``_refine_onsets``).
+
+        Every frame :func:`_pick_peaks` can choose is kept: a local maximum of the onset
+        envelope, loud enough, and (since the final maximum is at least the maximum so far)
+        above the adaptive thresholds taken against the maximum so far, with margins far
+        wider than float32 rounding. Only the frame chosen at the end needs its place, but
+        it must be found while its samples are at hand.
+        """
+        n_frames = self._frames
+        c0 = self._classified
+        c1 = n_frames if final else n_frames - self._lookahead
+        if c1 > c0:
+            env, rms_db = self._env.values, self._rms_db.values
+            e = env[c0:c1].astype(np.float64)
+            local_max = _window_reduce("max", env, c0, c1, self._pre_max, self._pre_max)
+            local_avg = _window_reduce("mean", env, c0, c1, self._pre_avg, self._post_avg)
+            loud = _window_reduce("max", rms_db, c0, c1, 0, 2) > _GATE_DB
+            top = self._env_max
+            keep = ((e > 0.0) & (e >= (1.0 - 1e-6) * local_max) & loud
+                    & (e > (0.03 - 1e-4) * top) & (e - local_avg >= (0.06 - 1e-4) * top))
+            found = c0 + np.flatnonzero(keep)
+            self._pending = np.concatenate((self._pending, found))
+            self._classified = c1
+        if self._pending.size:
+            size = self._n if final else None
+            if final:
+                ready = self._pending.size
+            else:  # the samples up to the end of the last search window must be here
+                centre = self._pending * self._hop
+                half = self._n_fft // 2
+                first = np.maximum(self._win, centre - half // 2)
+                need = np.maximum(centre + half + 2 * self._win, first + self._reach)
+                ready = int(np.searchsorted(need, self._n, side="right"))
+            if ready:
+                frames = self._pending[:ready]
+                self._cand_frames.extend(frames)
+                self._cand_times.extend(self._refine(frames, size))
+                self._pending = self._pending[ready:]
+
+    def _refine(self, frames: np.ndarray, size: int | None) -> np.ndarray:
+        """``_refine_onsets`` for many frames at once, on the samples in the buffer.
+
+        Each frame's windows are laid in a row; the energies come from a running sum over
+        the row (not over the whole signal: the same sums, rounded no worse).
+        """
+        hop, sr, half = self._hop, self.sample_rate, self._n_fft // 2
+        win, step = self._win, self._step
+        centre = frames * hop
+        out = (centre + hop) / sr
+        first = np.maximum(win, centre - half // 2)
+        last = centre + half + win
+        if size is not None:  # the end of the signal is known: the windows stop before it
+            last = np.minimum(size - win, last)
+        count = np.maximum(0, -(-(last - first) // step))
+        ok = np.flatnonzero(count >= 2)
+        if ok.size == 0:
+            return out
+        first, count = first[ok], count[ok]
+        k = int(count.max())
+        length = 2 * win + (k - 1) * step
+        # row r holds x[m0 - 2 .. m0 + length - 2], m0 = first - win + 1 its first hp index
+        windows = np.lib.stride_tricks.sliding_window_view(self._buf, length + 1)
+        rows = windows[first - win - 1 + self._pad - self._p0]
+        energy = np.square(rows[:, 1:] - 0.95 * rows[:, :-1], dtype=np.float64)
+        energy[first - win + 1 < 2, 0] = 0.0  # hp[0] = hp[1] = 0: only m0 = 1 reaches them
+        csum = np.zeros((ok.size, length + 1), dtype=np.float64)
+        np.cumsum(energy, axis=1, out=csum[:, 1:])
+        t = np.arange(k) * step
+        now = csum[:, 2 * win + t] - csum[:, win + t]
+        before = csum[:, win + t] - csum[:, t]
+        valid = np.arange(k)[None, :] < count[:, None]
+        level = np.where(valid, 10.0 * np.log10(now / win + 1e-12), -np.inf)
+        rise = level - 10.0 * np.log10(before / win + 1e-12)
+        peak = level.max(axis=1, keepdims=True)
+        rise = np.where(valid & (level >= peak - 10.0), rise, -np.inf)
+        best = np.argmax(rise, axis=1)
+        sharp = rise[np.arange(ok.size), best] >= _MIN_RISE_DB
+        placed = (first + best * step + step / 2) / sr
+        out[ok] = np.where(sharp, placed, out[ok])
+        return out
+
+    def _onset_times(self, peaks: np.ndarray) -> np.ndarray:
+        frames = self._cand_frames.values
+        idx = np.searchsorted(frames, peaks)
+        if peaks.size and (idx.max() >= frames.size or np.any(frames[idx] != peaks)):
+            raise AssertionError("an onset was picked that was not kept as a candidate")
+        return np.asarray(self._cand_times.values[idx], dtype=np.float64)
+
+    def _trim(self) -> None:
+        """Drop the samples nothing needs any more: kept are the next STFT frame's, the
+        current energy frame's and the onset candidates' search windows."""
+        hop, half, pad = self._hop, self._n_fft // 2, self._pad
+        keep = self._frames * hop  # padded index of the next STFT frame's first sample
+        keep = min(keep, int(round(self._energy_frames * self._energy_step)) + pad)
+        earliest = int(self._pending[0]) if self._pending.size else self._classified
+        keep = min(keep, max(self._win, earliest * hop - half // 2) - self._win - 2 + pad)
+        cut = keep - self._p0
+        if cut > 0:
+            self._buf = self._buf[cut:].copy()
+            self._p0 = keep
+
+
+def analyze_stream(chunks: Iterable[np.ndarray], sample_rate: int) -> AudioAnalysis:
+    """:func:`analyze` of the concatenation of ``chunks`` (mono pieces of any size), holding
+    only a bounded part of them at a time (:class:`AudioAnalyzer`)."""
+    analyzer = AudioAnalyzer(sample_rate)
+    for chunk in chunks:
+        analyzer.feed(chunk)
+    return analyzer.finish()
+
+
+def analyze(samples: np.ndarray, sample_rate: int) -> AudioAnalysis:
+    """Onsets, tempo, beats and the energy curve of a mono signal in [-1, 1]."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:  # (n, channels) or (channels, n): downmix
+        x = x.mean(axis=1 if x.shape[0] > x.shape[1] else 0).astype(np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"expected mono samples, got an array of shape {x.shape}")
+    analyzer = AudioAnalyzer(sample_rate)
+    analyzer.feed(x)
+    return analyzer.finish()
 
 
 # --------------------------------------------------------------------------- manifest

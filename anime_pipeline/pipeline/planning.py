@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+from pathlib import Path
+
 from anime_pipeline.budget import ComputePlan, CostHistory, build_compute_plan, validate_plan
-from anime_pipeline.domain.audio import analyze, build_manifest
+from anime_pipeline.domain.audio import AudioAnalysis, analyze_stream, build_manifest
 from anime_pipeline.domain.contracts import ResourceState
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import (
@@ -12,7 +15,7 @@ from anime_pipeline.domain.records import (
     ShotPlanRecord,
     TimelineEntry,
 )
-from anime_pipeline.media.audio_io import decode_audio
+from anime_pipeline.media.audio_io import stream_audio
 from anime_pipeline.media.ffmpeg import timeout_for
 from anime_pipeline.storage import EpisodeKeys, Storage, get_record, put_record
 
@@ -37,13 +40,23 @@ def write_shot_plan(storage: Storage, bundle: EpisodeBundle) -> ShotPlanRecord:
     return record
 
 
+def analyze_audio_file(path: str | Path, *, timeout: float) -> AudioAnalysis:
+    """Decode and analyse a mix as one stream: ffmpeg decodes pieces ahead while the analysis
+    works on the last one, and neither holds more than a few pieces whatever the mix's length.
+    ``timeout`` bounds the two together."""
+    with closing(stream_audio(path, AUDIO_SAMPLE_RATE, timeout=timeout)) as pieces:
+        return analyze_stream(pieces, AUDIO_SAMPLE_RATE)
+
+
 def write_audio_manifest(storage: Storage, bundle: EpisodeBundle) -> AudioManifest:
-    """``audio_event_manifest``: decode the mix once, analyse it, lay it over the shots."""
+    """``audio_event_manifest``: stream the mix once through the analysis, lay it over the
+    shots."""
     ep = bundle.episode
-    # The mix may be longer than the episode; decoding runs far faster than real time.
+    # The mix may be longer than the episode; decoding and analysis run far faster than real
+    # time.
     timeout = timeout_for(max(ep.duration_ms / 1000, 60.0))
-    samples = decode_audio(bundle.path(ep.audio), AUDIO_SAMPLE_RATE, timeout=timeout)
-    manifest = build_manifest(analyze(samples, AUDIO_SAMPLE_RATE), ep, ep.audio)
+    analysis = analyze_audio_file(bundle.path(ep.audio), timeout=timeout)
+    manifest = build_manifest(analysis, ep, ep.audio)
     put_record(storage, EpisodeKeys(ep.key).audio_manifest, manifest)
     return manifest
 

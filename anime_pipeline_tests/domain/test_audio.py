@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import wave
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from anime_pipeline.domain.audio import (
     AudioAnalysis,
     analyze,
     build_manifest,
-    energy_curve,
     manifest_problems,
 )
 from anime_pipeline.domain.episode import Episode
@@ -125,14 +123,14 @@ def test_energy_curve_is_normalised_and_follows_loudness() -> None:
     t = np.arange(4 * SR) / SR
     x = np.sin(2 * np.pi * 220 * t).astype(np.float32)
     x[: 2 * SR] *= 0.1  # quiet first half
-    e = energy_curve(x, SR)
+    e = analyze(x, SR).energy
     assert e.size == 80
     assert e.dtype == np.float32
     assert float(e.max()) == pytest.approx(1.0)
     assert float(e.min()) >= 0.0
     assert np.allclose(e[:38], 0.1, atol=0.01)
     assert np.allclose(e[42:], 1.0, atol=0.01)
-    assert energy_curve(x * 0.5, SR) == pytest.approx(e, abs=1e-4)  # level-independent
+    assert analyze(x * 0.5, SR).energy == pytest.approx(e, abs=1e-4)  # level-independent
 
 
 def test_stereo_input_is_downmixed() -> None:
@@ -142,15 +140,11 @@ def test_stereo_input_is_downmixed() -> None:
     assert a.tempo_bpm is not None and abs(a.tempo_bpm - 120) < 2.4
 
 
-def test_sixty_seconds_analysed_well_under_a_second() -> None:
+def test_sixty_seconds_of_kicks_have_their_tempo() -> None:
+    # (how fast: benchmarks/audio.py; tests assert no timings)
     truth = beat_times(120, 60.0)
-    x = click_track(truth, 60.0, kind="kick")
-    analyze(x[: SR * 2], SR)  # warm up imports/caches
-    t0 = time.perf_counter()
-    a = analyze(x, SR)
-    elapsed = time.perf_counter() - t0
-    assert a.tempo_bpm is not None
-    assert elapsed < 1.0, f"analysis of 60 s took {elapsed:.2f}s"
+    a = analyze(click_track(truth, 60.0, kind="kick"), SR)
+    assert a.tempo_bpm is not None and abs(a.tempo_bpm - 120) < 1.2
 
 
 # --------------------------------------------------------------------------- manifest
