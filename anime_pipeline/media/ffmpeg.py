@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -44,6 +45,11 @@ from pathlib import Path
 from typing import IO, Literal
 
 from anime_pipeline.domain.contracts import NVENC_ENCODER
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("anime_pipeline.media")
 
@@ -532,6 +538,23 @@ STREAM_CHUNK_BYTES = 1 << 20
 STREAM_PREFETCH = 4
 
 
+#: How much ffmpeg may write before a reader must be there (Linux caps it at
+#: /proc/sys/fs/pipe-max-size, 1 MiB by default; the default pipe holds 64 KiB).
+STREAM_PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = int(getattr(fcntl, "F_SETPIPE_SZ", 1031)) if fcntl is not None else 0
+
+
+def _widen_pipe(stream: IO[bytes], chunk_bytes: int) -> None:
+    """Let ffmpeg run up to a piece (at most :data:`STREAM_PIPE_BYTES`) ahead of the reader
+    thread (which can wait a few ms for the GIL) instead of 64 KiB; best effort."""
+    if fcntl is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, min(chunk_bytes, STREAM_PIPE_BYTES))
+    except (OSError, ValueError):
+        pass
+
+
 def stream_stdout(args: Sequence[str], *, timeout: float, chunk_bytes: int = STREAM_CHUNK_BYTES,
                   prefetch: int = STREAM_PREFETCH) -> Generator[bytes, None, None]:
     """Run ffmpeg and yield its stdout as it comes, in pieces of ``chunk_bytes`` (only the last
@@ -559,6 +582,7 @@ def stream_stdout(args: Sequence[str], *, timeout: float, chunk_bytes: int = STR
         raise FfmpegError(f"cannot start {cmd[0]}: {e}", cmd) from e
     assert proc.stdout is not None and proc.stderr is not None
     stdout = proc.stdout
+    _widen_pipe(stdout, chunk_bytes)
     tail = _Tail()
     pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=prefetch)  # None: the end
     stop = threading.Event()
