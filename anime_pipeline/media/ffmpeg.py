@@ -579,6 +579,8 @@ def stream_stdout(args: Sequence[str], *, timeout: float, chunk_bytes: int = STR
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise disk_full(_outputs(cmd), e) from e
         raise FfmpegError(f"cannot start {cmd[0]}: {e}", cmd) from e
     assert proc.stdout is not None and proc.stderr is not None
     stdout = proc.stdout
