@@ -1,0 +1,101 @@
+"""``anime-pipeline review status|approve|reject EP_KEY ...``: shot review from the command
+line, on the same history (the ledger's database) and artifacts the pipeline writes."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any
+
+from anime_pipeline.cli.ledger import _common, _table, open_ledger
+from anime_pipeline.domain.episode import EpisodeValidationError
+from anime_pipeline.pipeline import catalog
+from anime_pipeline.pipeline.review import decide, episode_review
+from anime_pipeline.review.machine import ReviewTransitionError
+from anime_pipeline.review.store import ReviewStore
+from anime_pipeline.settings import PipelineConfig
+from anime_pipeline.storage import LocalStore
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _open(args: argparse.Namespace) -> tuple[LocalStore, ReviewStore, Any]:
+    config = PipelineConfig.from_values(getattr(args, "home", None))
+    store = LocalStore(config.artifacts)
+    bundle = catalog.load_registered(store, args.episode_key)
+    return store, ReviewStore(open_ledger(args).url), bundle
+
+
+def _reviewer(args: argparse.Namespace) -> str:
+    if args.reviewer:
+        return str(args.reviewer)
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store, reviews, bundle = _open(args)
+    review = episode_review(store, reviews, bundle)
+    if args.json:
+        print(review.model_dump_json(indent=2))
+        return EXIT_OK
+    rows = [[s.shot_id, s.state.value if s.state else "no clip", s.clip_status or "-",
+             (s.clip_sha256 or "-")[:12], s.reviewer or "-", (s.reason or "")[:60]]
+            for s in review.shots]
+    print(_table(["shot", "state", "clip", "version", "reviewer", "reason"], rows))
+    states = {s.state.value for s in review.shots if s.state}
+    print(", ".join(f"{sum(1 for s in review.shots if s.state and s.state.value == st)} {st}"
+                    for st in sorted(states)) or "no clips yet")
+    return EXIT_OK
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    decision = "approved" if args.review_command == "approve" else "rejected"
+    store, reviews, bundle = _open(args)
+    try:
+        event = decide(store, reviews, bundle, args.shot, decision,  # type: ignore[arg-type]
+                       reviewer=_reviewer(args), reason=args.reason)
+    except (ReviewTransitionError, KeyError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(event.model_dump(mode="json")) if args.json else
+          f"{event.episode_key} {event.shot_id}: {event.state} (version "
+          f"{event.version.sha256[:12]}) by {event.reviewer}"
+          + (f": {event.reason}" if event.reason else ""))
+    return EXIT_OK
+
+
+def _guard(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except (OSError, ValueError, LookupError, EpisodeValidationError) as e:
+            print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+
+    return run
+
+
+def add_subcommands(sub: Any) -> None:
+    r = sub.add_parser("review", help="shot review: status, approve, reject")
+    rsub = r.add_subparsers(dest="review_command", required=True, metavar="ACTION")
+    s = rsub.add_parser("status", help="every shot's review state")
+    s.add_argument("episode_key", help="tenant/project/episode")
+    s.add_argument("--json", action="store_true")
+    _common(s)
+    s.set_defaults(func=_guard(cmd_status))
+    for name, helptext in (("approve", "approve the shot's current clip"),
+                           ("reject", "reject the shot's current clip (a reason is needed)")):
+        d = rsub.add_parser(name, help=helptext)
+        d.add_argument("episode_key", help="tenant/project/episode")
+        d.add_argument("shot")
+        d.add_argument("--reason", required=name == "reject")
+        d.add_argument("--reviewer", help="who decides (default: the login name)")
+        d.add_argument("--json", action="store_true")
+        _common(d)
+        d.set_defaults(func=_guard(cmd_decide))

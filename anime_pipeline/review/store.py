@@ -1,0 +1,72 @@
+"""Review events in SQL, in the ledger's database (append-only; history is never rewritten)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+
+from anime_pipeline.ledger.store import engine_for, metadata
+from anime_pipeline.review.machine import ClipVersion, ReviewEvent, ReviewState
+
+review_events = sa.Table(
+    "review_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("episode_key", sa.String(200), nullable=False),
+    sa.Column("shot_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("clip_sha256", sa.String(64), nullable=False),
+    sa.Column("clip_fingerprint", sa.String(128), nullable=False),
+    sa.Column("decision", sa.String(16)),
+    sa.Column("reason", sa.Text),
+    sa.Column("reviewer", sa.String(200)),
+    sa.Column("mode", sa.String(8)),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("review_events_shot", "episode_key", "shot_id", "id"),
+)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+class ReviewStore:
+    """The review history of every shot."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = engine_for(url)
+        review_events.create(self.engine, checkfirst=True)
+
+    def append(self, events: Iterable[ReviewEvent]) -> None:
+        rows = [{"episode_key": e.episode_key, "shot_id": e.shot_id, "state": e.state.value,
+                 "clip_sha256": e.version.sha256, "clip_fingerprint": e.version.fingerprint,
+                 "decision": e.decision, "reason": e.reason, "reviewer": e.reviewer,
+                 "mode": e.mode, "at": _aware(e.at)} for e in events]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(review_events.insert(), rows)
+
+    def history(self, episode_key: str, shot_id: str | None = None) -> list[ReviewEvent]:
+        """Every event of the episode (or of one shot), oldest first."""
+        t = review_events.c
+        q = sa.select(review_events).where(t.episode_key == episode_key).order_by(t.id)
+        if shot_id is not None:
+            q = q.where(t.shot_id == shot_id)
+        with self.engine.connect() as conn:
+            return [_event(row) for row in conn.execute(q)]
+
+    def latest(self, episode_key: str) -> dict[str, ReviewEvent]:
+        """The last event of each shot of the episode that has one."""
+        out: dict[str, ReviewEvent] = {}
+        for event in self.history(episode_key):
+            out[event.shot_id] = event
+        return out
+
+
+def _event(row: sa.Row) -> ReviewEvent:  # type: ignore[type-arg]
+    return ReviewEvent(
+        episode_key=row.episode_key, shot_id=row.shot_id, state=ReviewState(row.state),
+        version=ClipVersion(sha256=row.clip_sha256, fingerprint=row.clip_fingerprint),
+        decision=row.decision, reason=row.reason, reviewer=row.reviewer, mode=row.mode,
+        at=_aware(row.at))
