@@ -12,7 +12,7 @@ from typing import Any
 from anime_pipeline.cli.ledger import _common, _table, open_ledger
 from anime_pipeline.domain.episode import EpisodeValidationError
 from anime_pipeline.pipeline import catalog
-from anime_pipeline.pipeline.review import decide, episode_review
+from anime_pipeline.pipeline.review import decide, episode_review, process
 from anime_pipeline.review.machine import ReviewTransitionError
 from anime_pipeline.review.store import ReviewStore
 from anime_pipeline.settings import PipelineConfig
@@ -69,6 +69,32 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_process(args: argparse.Namespace) -> int:
+    store, reviews, bundle = _open(args)
+    result = process(store, reviews, bundle)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return EXIT_OK
+    print(f"{result.episode_key} (review mode {result.mode}): "
+          f"{len(result.sent_to_review)} new version(s) sent to review")
+    for shot in result.approved_by_qc:
+        print(f"  {shot}: approved by QC")
+    for shot in result.qc_passed:
+        print(f"  {shot}: passed QC, waiting for a human")
+    for shot, why in result.qc_rejected.items():
+        print(f"  {shot}: rejected by QC: {why}")
+    return EXIT_OK
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    reviews = ReviewStore(open_ledger(args).url)
+    if args.mode:
+        reviews.set_review_mode(args.tenant, args.project, args.mode)
+    print(f"{args.tenant}/{args.project}: review mode "
+          f"{reviews.review_mode(args.tenant, args.project)}")
+    return EXIT_OK
+
+
 def _guard(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -99,3 +125,16 @@ def add_subcommands(sub: Any) -> None:
         d.add_argument("--json", action="store_true")
         _common(d)
         d.set_defaults(func=_guard(cmd_decide))
+    p = rsub.add_parser("process", help="one pass of the review loop: new versions to "
+                                        "review, then the automated reviewer (by mode)")
+    p.add_argument("episode_key", help="tenant/project/episode")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_process))
+    m = rsub.add_parser("mode", help="a project's review mode: human, ai or human+ai")
+    m.add_argument("--tenant", required=True)
+    m.add_argument("--project", required=True)
+    m.add_argument("mode", nargs="?", choices=["human", "ai", "human+ai"],
+                   help="the new mode; none: print it")
+    _common(m)
+    m.set_defaults(func=_guard(cmd_mode))

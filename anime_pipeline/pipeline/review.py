@@ -1,5 +1,8 @@
 """Reviewing an episode's shots: every new clip version goes to review; a reviewer approves
-or rejects the version that is the shot's clip now (a decision about an older one is refused).
+or rejects the version that is the shot's clip now (a decision about an older one is refused);
+the automated reviewer measures each version once with ffmpeg's detectors and, by the
+project's review mode, decides (``ai``), rejects what fails (``human+ai``), or stays out
+(``human``).
 """
 
 from __future__ import annotations
@@ -9,18 +12,23 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict
 
 from anime_pipeline.domain.episode import EpisodeBundle
+from anime_pipeline.domain.records import ClipRecord, ClipStatus
+from anime_pipeline.media import qc as qc_media
+from anime_pipeline.media.render import Delivery
 from anime_pipeline.pipeline.clips import read_clip_records
 from anime_pipeline.review.machine import (
     ClipVersion,
     Decision,
+    ProjectReviewMode,
     ReviewEvent,
     ReviewMode,
     ReviewState,
     ReviewTransitionError,
     next_event,
 )
+from anime_pipeline.review.qc import QcMeasurements, QcReport, judge
 from anime_pipeline.review.store import ReviewStore
-from anime_pipeline.storage import Storage
+from anime_pipeline.storage import EpisodeKeys, Storage
 
 
 class ShotReview(BaseModel):
@@ -123,3 +131,94 @@ def episode_review(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle
             reviewer=decided.reviewer if current and decided else None,
             events=counts.get(shot.id, 0)))
     return EpisodeReview(episode_key=bundle.episode.key, shots=shots)
+
+
+# --------------------------------------------------------------------------- automated review
+
+QC_REVIEWER = "qc"
+
+
+def measure(storage: Storage, bundle: EpisodeBundle, record: ClipRecord) -> QcMeasurements:
+    """Run ffmpeg's detectors on one clip (and on the mix under its dialogue lines)."""
+    ep = bundle.episode
+    shot = ep.shot(record.shot_id)
+    video = qc_media.detect_video(storage.fetch(EpisodeKeys(ep.key).clip(shot.id)),
+                                  duration_s=shot.duration_ms / 1000)
+    shares: list[float] = []
+    if shot.dialogue:
+        start = ep.shot_starts_ms()[shot.id]
+        mix = bundle.root / ep.audio
+        for line in shot.dialogue:
+            length = (line.end_ms - line.start_ms) / 1000
+            silent = qc_media.detect_silence(mix, start_s=(start + line.start_ms) / 1000,
+                                             duration_s=length)
+            shares.append(min(1.0, sum(i.seconds for i in silent) / length))
+    return QcMeasurements(
+        width=record.width, height=record.height, fps=record.delivery_fps,
+        frames=record.frames, placeholder=record.status is ClipStatus.placeholder,
+        black=[(i.start, i.end) for i in video.black],
+        frozen=[(i.start, i.end) for i in video.frozen], silent_line_share=shares)
+
+
+def run_qc(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
+           record: ClipRecord) -> QcReport:
+    """The QC report of the clip version ``record`` describes (measured once per version)."""
+    key = bundle.episode.key
+    version_key = f"{record.sha256}:{record.fingerprint}:{record.status.value}"
+    cached = reviews.qc_report(key, record.shot_id, version_key)
+    if cached is not None:
+        return cached
+    fmt = bundle.episode.format
+    delivery = Delivery(fmt.width, fmt.height, fmt.fps)
+    shot = bundle.episode.shot(record.shot_id)
+    report = judge(shot, measure(storage, bundle, record), width=fmt.width, height=fmt.height,
+                   fps=fmt.fps, expected_frames=delivery.frames_for(shot.duration_ms))
+    reviews.save_qc(key, version_key, report)
+    return report
+
+
+class ProcessResult(BaseModel):
+    """What one ``review process`` pass did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    episode_key: str
+    mode: ProjectReviewMode
+    sent_to_review: list[str]
+    qc_passed: list[str]
+    qc_rejected: dict[str, str]  # shot -> reason
+    approved_by_qc: list[str]
+
+
+def process(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
+            now: dt.datetime | None = None) -> ProcessResult:
+    """One pass of the review loop: new clip versions go to review; in ``ai`` and
+    ``human+ai`` mode the automated reviewer checks every version in review — in ``ai`` mode
+    its verdict is the decision, in ``human+ai`` it rejects what fails and leaves what passes
+    for a human."""
+    ep = bundle.episode
+    mode = reviews.review_mode(ep.tenant_id, ep.project_id)
+    sent = sync_versions(storage, reviews, bundle, now)
+    passed: list[str] = []
+    rejected: dict[str, str] = {}
+    approved: list[str] = []
+    if mode != "human":
+        records = read_clip_records(storage, bundle)
+        for shot_id, last in reviews.latest(ep.key).items():
+            record = records.get(shot_id)
+            if last.state is not ReviewState.in_review or record is None \
+                    or record.sha256 != last.version.sha256:
+                continue
+            report = run_qc(storage, reviews, bundle, record)
+            if not report.passed:
+                rejected[shot_id] = report.reason or "QC failed"
+                decide(storage, reviews, bundle, shot_id, "rejected", reviewer=QC_REVIEWER,
+                       mode="ai", reason=f"QC: {report.reason}", now=now)
+            elif mode == "ai":
+                approved.append(shot_id)
+                decide(storage, reviews, bundle, shot_id, "approved", reviewer=QC_REVIEWER,
+                       mode="ai", reason="QC passed", now=now)
+            else:
+                passed.append(shot_id)
+    return ProcessResult(episode_key=ep.key, mode=mode, sent_to_review=sent, qc_passed=passed,
+                         qc_rejected=rejected, approved_by_qc=approved)

@@ -8,7 +8,13 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from anime_pipeline.ledger.store import engine_for, metadata
-from anime_pipeline.review.machine import ClipVersion, ReviewEvent, ReviewState
+from anime_pipeline.review.machine import (
+    ClipVersion,
+    ProjectReviewMode,
+    ReviewEvent,
+    ReviewState,
+)
+from anime_pipeline.review.qc import QcReport
 
 review_events = sa.Table(
     "review_events", metadata,
@@ -27,6 +33,27 @@ review_events = sa.Table(
 )
 
 
+qc_reports = sa.Table(
+    "qc_reports", metadata,
+    sa.Column("episode_key", sa.String(200), primary_key=True),
+    sa.Column("shot_id", sa.String(64), primary_key=True),
+    # the clip's sha256, fingerprint (its inputs, the shot's dialogue included) and status:
+    # everything the verdict depends on
+    sa.Column("version_key", sa.String(255), primary_key=True),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("report", sa.Text, nullable=False),  # QcReport JSON
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+project_settings = sa.Table(
+    "project_settings", metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("review_mode", sa.String(8), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
@@ -36,7 +63,8 @@ class ReviewStore:
 
     def __init__(self, url: str) -> None:
         self.engine = engine_for(url)
-        review_events.create(self.engine, checkfirst=True)
+        for table in (review_events, qc_reports, project_settings):
+            table.create(self.engine, checkfirst=True)
 
     def append(self, events: Iterable[ReviewEvent]) -> None:
         rows = [{"episode_key": e.episode_key, "shot_id": e.shot_id, "state": e.state.value,
@@ -55,6 +83,42 @@ class ReviewStore:
             q = q.where(t.shot_id == shot_id)
         with self.engine.connect() as conn:
             return [_event(row) for row in conn.execute(q)]
+
+    # ----------------------------------------------------------------- QC and settings
+
+    def qc_report(self, episode_key: str, shot_id: str, version_key: str) -> QcReport | None:
+        t = qc_reports.c
+        q = sa.select(t.report).where(t.episode_key == episode_key, t.shot_id == shot_id,
+                                      t.version_key == version_key)
+        with self.engine.connect() as conn:
+            raw = conn.execute(q).scalar()
+        return None if raw is None else QcReport.model_validate_json(raw)
+
+    def save_qc(self, episode_key: str, version_key: str, report: QcReport,
+                now: dt.datetime | None = None) -> None:
+        row = {"episode_key": episode_key, "shot_id": report.shot_id, "version_key": version_key,
+               "passed": report.passed, "report": report.model_dump_json(),
+               "at": now or dt.datetime.now(dt.UTC)}
+        with self.engine.begin() as conn:
+            if self.qc_report(episode_key, report.shot_id, version_key) is None:
+                conn.execute(qc_reports.insert(), row)
+
+    def review_mode(self, tenant: str, project: str) -> ProjectReviewMode:
+        """The project's review mode (``human`` unless set)."""
+        t = project_settings.c
+        q = sa.select(t.review_mode).where(t.tenant == tenant, t.project == project)
+        with self.engine.connect() as conn:
+            value = conn.execute(q).scalar()
+        return value or "human"  # type: ignore[return-value]
+
+    def set_review_mode(self, tenant: str, project: str, mode: ProjectReviewMode) -> None:
+        t = project_settings.c
+        with self.engine.begin() as conn:
+            conn.execute(project_settings.delete().where(t.tenant == tenant,
+                                                         t.project == project))
+            conn.execute(project_settings.insert(), {
+                "tenant": tenant, "project": project, "review_mode": mode,
+                "updated_at": dt.datetime.now(dt.UTC)})
 
     def latest(self, episode_key: str) -> dict[str, ReviewEvent]:
         """The last event of each shot of the episode that has one."""
