@@ -312,6 +312,10 @@ class EpisodeKeys:
     def thumbnail(self, shot_id: str) -> str:
         return self._k(f"clips/{shot_id}.jpg")
 
+    def retake(self, shot_id: str) -> str:
+        """The shot's retake (a rejection's new take and note), read by every render."""
+        return self._k(f"review/{shot_id}.retake.json")
+
     @property
     def composite(self) -> str:
         return self._k(f"composite/{self.episode_id}.mp4")

@@ -166,6 +166,17 @@ class Usage(Record):
     outcome: Literal["ok", "failed", "lost", "interrupted"] = "ok"
 
 
+class Retake(Record):
+    """``review/<shot>.retake.json``: the shot was rejected in review and renders again as
+    take ``take`` — a new seed and the reviewer's ``note`` in the prompt on generative
+    backends, the plan's next candidate on local ones. Part of the clip's fingerprint."""
+
+    shot_id: str
+    take: int = Field(ge=1)
+    note: str | None = Field(default=None, max_length=2000)
+    requested_by: str | None = None
+
+
 class RenderAttempt(Record):
     backend: str
     fps: float
