@@ -397,7 +397,11 @@ def _exec(cmd: Sequence[str], *, timeout: float, what: str, stdin_data: bytes | 
         t.start()
     try:
         try:
-            code = proc.wait(timeout=limit)
+            # ffmpeg's stderr reaches its end when ffmpeg exits: wait for that (a blocking
+            # wait with a timeout) rather than in Popen.wait(timeout), which polls with
+            # sleeps of up to 50 ms and so added some 25 ms to every call.
+            threads[0].join(limit)
+            code = proc.wait(timeout=max(0.0, limit - (time.monotonic() - t0)))
         except subprocess.TimeoutExpired:
             elapsed = time.monotonic() - t0
             _kill_group(proc)
