@@ -84,6 +84,8 @@ def composite(
                             "sha256": c.sha256[:12]} for c in record.clips],
                           ["shot", "status", "sha256"]),
     }
+    if outcome.mix_reused is not None:  # the mix was needed: encoded now, or reused
+        metadata["mix_reused"] = outcome.mix_reused
     sheet = outcome.contact_sheet_jpeg
     if sheet and len(sheet) <= MAX_INLINE_PREVIEW:
         metadata["contact_sheet"] = image(sheet, "contact sheet")

@@ -122,15 +122,18 @@ def test_mixed_encoders_reencode(tmp_path: Path, audio: Path) -> None:
     assert result.reencode_reason == "clips made with different encoders"
 
 
-def test_clips_a_frame_short_are_extended_and_still_copied(tmp_path: Path,
-                                                           audio: Path) -> None:
+@pytest.mark.parametrize("verified", [False, True])
+def test_clips_a_frame_short_are_extended_and_still_copied(tmp_path: Path, audio: Path,
+                                                           verified: bool) -> None:
     """Shots of 1000, 1000 and 980 ms are 24 + 24 + 24 frames, but 2.98 s is 72 frames
-    (71.52): each shot's count is rounded on its own. A hold clip fills the gap."""
+    (71.52): each shot's count is rounded on its own. A hold clip fills the gap (made like
+    the clips: the copy of verified clips stays verified by its packets)."""
     clips = [make_clip(tmp_path / f"{i}.mp4", n) for i, n in enumerate((24, 24, 23))]
     out = tmp_path / "short.mp4"
-    result = _compose(clips, audio, out, 2980)
+    result = _compose(clips, audio, out, 2980, clips_verified=verified)
     assert result.expected_frames == 72 and result.video_frames == 72
     assert result.video_copied and result.reencode_reason is None
+    assert result.verified_by == ("packets" if verified else "decode")
     last_clip_frame = _gray_frame(clips[-1], 22).astype(float)
     held = _gray_frame(out, 71).astype(float)
     assert np.abs(held - last_clip_frame).mean() < 3  # the last picture, held
