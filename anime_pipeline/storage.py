@@ -333,6 +333,15 @@ class EpisodeKeys:
         return self._k("composite/composite.json")
 
     @property
+    def mix(self) -> str:
+        """The mix encoded once for the episode's composites (AAC, cut to the episode)."""
+        return self._k("composite/mix.m4a")
+
+    @property
+    def mix_record(self) -> str:
+        return self._k("composite/mix.json")
+
+    @property
     def preview_composite(self) -> str:
         return self._k(f"composite/{self.episode_id}_preview.mp4")
 
