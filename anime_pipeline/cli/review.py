@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from anime_pipeline.cli.ledger import _common, _table, open_ledger
-from anime_pipeline.domain.episode import EpisodeValidationError
+from anime_pipeline.domain.episode import EpisodeValidationError, PackageParts
 from anime_pipeline.pipeline import catalog
 from anime_pipeline.pipeline.review import ProcessResult, decide, episode_review, process
 from anime_pipeline.review.machine import ReviewTransitionError
@@ -25,7 +25,7 @@ from anime_pipeline.storage import LocalStore
 if TYPE_CHECKING:
     from anime_pipeline.cli.render import RenderReport
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _open(args: argparse.Namespace) -> tuple[LocalStore, ReviewStore, Any]:
@@ -142,6 +142,30 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    """A project's package parts: print them, or change some (``clips=off keyframes=on``)."""
+    reviews = ReviewStore(open_ledger(args).url)
+    current = reviews.package_parts(args.tenant, args.project)
+    if args.reset:
+        reviews.set_package_parts(args.tenant, args.project, None)
+        current = None
+    elif args.parts:
+        values = (current or PackageParts()).model_dump()
+        for item in args.parts:
+            name, _, state = item.partition("=")
+            if name not in values or state not in ("on", "off"):
+                print(f"error: {item!r}: PART=on|off, PART one of {', '.join(values)}",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            values[name] = state == "on"
+        current = PackageParts.model_validate(values)
+        reviews.set_package_parts(args.tenant, args.project, current)
+    shown = current or PackageParts()
+    print(f"{args.tenant}/{args.project} package" + ("" if current else " (the defaults)") +
+          ": " + ", ".join(f"{k}={'on' if v else 'off'}" for k, v in shown.model_dump().items()))
+    return EXIT_OK
+
+
 def _guard(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -188,3 +212,13 @@ def add_subcommands(sub: Any) -> None:
                    help="the new mode; none: print it")
     _common(m)
     m.set_defaults(func=_guard(cmd_mode))
+    k = rsub.add_parser("package", help="a project's delivery ZIP parts (an episode's "
+                                        "creative_control.yaml package: wins)")
+    k.add_argument("--tenant", required=True)
+    k.add_argument("--project", required=True)
+    k.add_argument("parts", nargs="*", metavar="PART=on|off",
+                   help="keyframes, clips, composite, preview_composite, subtitles, "
+                        "manifests, review_report")
+    k.add_argument("--reset", action="store_true", help="back to the defaults")
+    _common(k)
+    k.set_defaults(func=_guard(cmd_package))

@@ -25,7 +25,8 @@ from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import PackageRecord
 from anime_pipeline.ops.notify import Notifier, delivered_notification
-from anime_pipeline.pipeline import catalog, delivery
+from anime_pipeline.pipeline import catalog, delivery, review
+from anime_pipeline.review.store import ReviewStore
 from anime_pipeline.storage import EpisodeKeys, Storage
 
 MAX_INLINE_PREVIEW = 1 << 20  # bytes of JPEG shown inline in the UI
@@ -99,8 +100,9 @@ def composite(
     partitions_def=episode_partitions, group_name=GROUP, deps=[composite], kinds={"zip"},
     check_specs=[checks.PACKAGE_CHECK],
     description="Delivery ZIP: composite, clips, SRT and ASS subtitles, the three JSON "
-                "manifests and manifest.json with every file's size and sha256 and the lineage. "
-                "Reused while its files are unchanged.",
+                "manifests, the keyframes and the review report (the parts are set per project "
+                "or in creative_control.yaml), and manifest.json with every file's size and "
+                "sha256 and the lineage. Reused while its files are unchanged.",
 )
 def package_zip(
     context: dg.AssetExecutionContext, storage: StorageResource, ledger: LedgerResource,
@@ -111,8 +113,12 @@ def package_zip(
     bundle = catalog.load_registered(store, context.partition_key)
     lineage = {"run_id": context.run.run_id, "code_version": delivery.code_version(),
                "partition": context.partition_key}
+    reviews = ReviewStore(ledger.ledger().url)
+    parts = review.package_parts_for(reviews, bundle)
+    report = review.review_report(store, reviews, bundle) if parts.review_report else None
     with store.scratch() as work:
-        outcome = delivery.write_package(store, bundle, work_dir=work, lineage=lineage)
+        outcome = delivery.write_package(store, bundle, work_dir=work, lineage=lineage,
+                                         parts=parts, review_report=report)
     record = outcome.record
     if outcome.reused:
         context.log.info(f"{record.episode_key}: package current (same files): reused")
@@ -125,6 +131,7 @@ def package_zip(
         "size_bytes": record.size_bytes,
         "files": record.files,
         "sha256": record.sha256,
+        "parts": ", ".join(k for k, on in parts.model_dump().items() if on),
         "code_version": record.manifest.lineage.code_version,
         "lineage": dg.MetadataValue.json(record.manifest.lineage.model_dump(mode="json")),
     })

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from anime_pipeline.domain.episode import EpisodeBundle
+from anime_pipeline.domain.episode import EpisodeBundle, PackageParts
 from anime_pipeline.domain.package import PackageEntry, build_package, sha256_file
 from anime_pipeline.domain.records import (
     ClipRecord,
@@ -364,9 +364,11 @@ def _current_package(storage: Storage, keys: EpisodeKeys,
 
 def write_package(
     storage: Storage, bundle: EpisodeBundle, *, work_dir: Path, lineage: Mapping[str, str | None],
-    force: bool = False,
+    force: bool = False, parts: PackageParts | None = None, review_report: bytes | None = None,
 ) -> PackageOutcome:
-    """The delivery ZIP: composite, subtitles, the three plan manifests and every clip,
+    """The delivery ZIP: the ``parts`` asked for (default :class:`PackageParts`: composite,
+    subtitles, the three plan manifests, every clip, the keyframes and ``review_report``, the
+    decision per shot, when given; the preview composite when asked and there is one),
     streamed in with their sha256, and ``manifest.json`` with the lineage.
 
     Reused when its fingerprint is current (``force``: build it anyway). Built again from
@@ -379,22 +381,42 @@ def write_package(
     t0 = time.perf_counter()
     composite = read_composite(storage, ep.key)
     code = lineage.get("code_version") or code_version()
-    entries = [
-        PackageEntry(f"{ep.episode_id}.mp4", storage.fetch(keys.composite), "composite"),
-        PackageEntry(f"subtitles/{ep.episode_id}.srt", storage.fetch(keys.subtitles_srt),
-                     "subtitles"),
-        PackageEntry(f"subtitles/{ep.episode_id}.ass", storage.fetch(keys.subtitles_ass),
-                     "subtitles"),
-    ]
-    for name, key in (("shot_plan.json", keys.shot_plan),
-                      ("audio_event_manifest.json", keys.audio_manifest),
-                      ("shot_compute_budget_plan.json", keys.compute_plan)):
-        entries.append(PackageEntry(f"manifests/{name}", storage.fetch(key), "manifest"))
-    entries += [PackageEntry(f"clips/{c.shot_id}.mp4", storage.fetch(keys.clip(c.shot_id)),
-                             "clip") for c in clips]
+    parts = parts or PackageParts()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    entries: list[PackageEntry] = []
+    if parts.composite:
+        entries.append(PackageEntry(f"{ep.episode_id}.mp4", storage.fetch(keys.composite),
+                                    "composite"))
+    if parts.preview_composite and storage.exists(keys.preview_composite):
+        entries.append(PackageEntry(f"{ep.episode_id}_preview.mp4",
+                                    storage.fetch(keys.preview_composite), "preview"))
+    if parts.subtitles:
+        entries += [PackageEntry(f"subtitles/{ep.episode_id}.srt",
+                                 storage.fetch(keys.subtitles_srt), "subtitles"),
+                    PackageEntry(f"subtitles/{ep.episode_id}.ass",
+                                 storage.fetch(keys.subtitles_ass), "subtitles")]
+    if parts.manifests:
+        for name, key in (("shot_plan.json", keys.shot_plan),
+                          ("audio_event_manifest.json", keys.audio_manifest),
+                          ("shot_compute_budget_plan.json", keys.compute_plan)):
+            entries.append(PackageEntry(f"manifests/{name}", storage.fetch(key), "manifest"))
+    if parts.clips:
+        entries += [PackageEntry(f"clips/{c.shot_id}.mp4", storage.fetch(keys.clip(c.shot_id)),
+                                 "clip") for c in clips]
+    if parts.keyframes:
+        for rel in dict.fromkeys(s.keyframe for s in ep.shots if s.keyframe):
+            # As they sit in the episode folder (validated relative paths held to it).
+            entries.append(PackageEntry(PurePosixPath(rel).as_posix(), bundle.root / rel,
+                                        "keyframe"))
+    if parts.review_report and review_report is not None:
+        report = work_dir / "review_report.json"
+        report.write_bytes(review_report)
+        entries.append(PackageEntry("review_report.json", report, "report"))
+    if not entries:
+        raise ValueError(f"{ep.key}: the package parts leave nothing to deliver")
     # The media's sha256 come from their records (the composite's and clips' files are
     # checked by size); the small files are hashed.
-    known = {entries[0].arcname: composite.sha256}
+    known = {f"{ep.episode_id}.mp4": composite.sha256}
     known.update({f"clips/{c.shot_id}.mp4": c.sha256 for c in clips})
     fingerprint = package_fingerprint(
         [(e.arcname, e.kind, known.get(e.arcname) or sha256_file(e.path)) for e in entries],
@@ -403,7 +425,6 @@ def write_package(
         current = _current_package(storage, keys, fingerprint)
         if current is not None:
             return PackageOutcome(current, reused=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
     out = work_dir / f"{ep.episode_id}_delivery.zip"
     manifest = build_package(out, entries, Lineage(
         episode_key=ep.key, title=ep.title, run_id=lineage.get("run_id"),

@@ -11,7 +11,7 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict
 
-from anime_pipeline.domain.episode import EpisodeBundle
+from anime_pipeline.domain.episode import EpisodeBundle, PackageParts
 from anime_pipeline.domain.records import ClipRecord, ClipStatus, Retake
 from anime_pipeline.media import qc as qc_media
 from anime_pipeline.media.render import Delivery
@@ -283,3 +283,20 @@ def process(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
     retakes = request_retakes(storage, reviews, bundle, now) if regenerate else {}
     return ProcessResult(episode_key=ep.key, mode=mode, sent_to_review=sent, qc_passed=passed,
                          qc_rejected=rejected, approved_by_qc=approved, retakes=retakes)
+
+
+# --------------------------------------------------------------------------- the package
+
+
+def package_parts_for(reviews: ReviewStore, bundle: EpisodeBundle) -> PackageParts:
+    """What goes into the episode's delivery ZIP: ``package:`` of its creative_control.yaml,
+    else its project's setting, else the defaults (keyframes and the review report in)."""
+    ep = bundle.episode
+    return (bundle.creative.package or reviews.package_parts(ep.tenant_id, ep.project_id)
+            or PackageParts())
+
+
+def review_report(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle) -> bytes:
+    """``review_report.json`` of the package: the review state and decision of every shot's
+    clip (no timestamp: an unchanged review keeps an unchanged package)."""
+    return episode_review(storage, reviews, bundle).model_dump_json(indent=2).encode()

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
+from anime_pipeline.domain.episode import PackageParts
 from anime_pipeline.ledger.store import engine_for, metadata
 from anime_pipeline.review.machine import (
     ClipVersion,
@@ -50,6 +51,7 @@ project_settings = sa.Table(
     sa.Column("tenant", sa.String(64), primary_key=True),
     sa.Column("project", sa.String(64), primary_key=True),
     sa.Column("review_mode", sa.String(8), nullable=False),
+    sa.Column("package_parts", sa.Text),  # PackageParts JSON; NULL: the defaults
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -112,12 +114,30 @@ class ReviewStore:
         return value or "human"  # type: ignore[return-value]
 
     def set_review_mode(self, tenant: str, project: str, mode: ProjectReviewMode) -> None:
+        self._set_project(tenant, project, review_mode=mode)
+
+    def package_parts(self, tenant: str, project: str) -> PackageParts | None:
+        """The project's package parts, or None when it has not set them."""
         t = project_settings.c
+        q = sa.select(t.package_parts).where(t.tenant == tenant, t.project == project)
+        with self.engine.connect() as conn:
+            raw = conn.execute(q).scalar()
+        return None if raw is None else PackageParts.model_validate_json(raw)
+
+    def set_package_parts(self, tenant: str, project: str, parts: PackageParts | None) -> None:
+        self._set_project(tenant, project,
+                          package_parts=None if parts is None else parts.model_dump_json())
+
+    def _set_project(self, tenant: str, project: str, **values: object) -> None:
+        t = project_settings.c
+        where = (t.tenant == tenant, t.project == project)
         with self.engine.begin() as conn:
-            conn.execute(project_settings.delete().where(t.tenant == tenant,
-                                                         t.project == project))
+            row = conn.execute(sa.select(project_settings).where(*where)).first()
+            current = {"review_mode": "human", "package_parts": None} if row is None else {
+                "review_mode": row.review_mode, "package_parts": row.package_parts}
+            conn.execute(project_settings.delete().where(*where))
             conn.execute(project_settings.insert(), {
-                "tenant": tenant, "project": project, "review_mode": mode,
+                "tenant": tenant, "project": project, **current, **values,
                 "updated_at": dt.datetime.now(dt.UTC)})
 
     def latest(self, episode_key: str) -> dict[str, ReviewEvent]:
