@@ -162,6 +162,7 @@ class EpisodeView(BaseModel):
     counts: dict[str, int]
     composite: FileLink | None
     composite_info: str | None
+    composite_stale: list[str]  # shots whose clip changed since the composite was cut
     downloads: list[FileLink]
     shots: list[ShotCard]
     usage: UsageView | None
@@ -346,12 +347,16 @@ class DeskService:
                     f"{composite.composed_at:%Y-%m-%d %H:%M} UTC")
             if composite.placeholder_shots:
                 info += f"; placeholder slates: {', '.join(composite.placeholder_shots)}"
+        cut = {c.shot_id: c.sha256 for c in composite.clips} if composite else {}
+        stale = [c.shot_id for c in cards if composite is not None
+                 and c.sha256 is not None and cut.get(c.shot_id) != c.sha256]
         return EpisodeView(
             episode_key=ep.key, tenant=ep.tenant_id, project=ep.project_id,
             episode=ep.episode_id, title=ep.title, duration_ms=ep.duration_ms,
             format=f"{ep.format.width}x{ep.format.height}@{ep.format.fps:g}",
             review_mode=self.reviews.review_mode(ep.tenant_id, ep.project_id), counts=counts,
-            composite=composite_link, composite_info=info, downloads=downloads, shots=cards,
+            composite=composite_link, composite_info=info, composite_stale=stale,
+            downloads=downloads, shots=cards,
             usage=self.usage(ep.tenant_id, ep.project_id, ep.episode_id),
             links_expire_at=dt.datetime.fromtimestamp(
                 expiry(now, self.settings.link_ttl_s), dt.UTC))

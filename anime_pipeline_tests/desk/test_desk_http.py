@@ -302,3 +302,31 @@ def test_refused_links_read_nothing(world: World, monkeypatch: pytest.MonkeyPatc
                             headers={"Range": "bytes=0-9"})
         assert ranged.status_code == 206 and len(ranged.content) == 10  # players can seek
         assert len(opened) == 2
+
+
+def test_the_page_says_when_the_composite_predates_a_clip(client: TestClient,
+                                                          world: World) -> None:
+    from anime_pipeline.domain.records import ClipRef, ClipStatus, CompositeRecord
+    from anime_pipeline.pipeline.clips import read_clip_records
+    from anime_pipeline.storage import EpisodeKeys, put_record
+    from anime_pipeline_tests.desk.conftest import fake_clip
+
+    records = read_clip_records(world.store, world.a)
+    keys = EpisodeKeys(EP_A)
+    world.store.put_bytes(keys.composite, b"the cut")
+    put_record(world.store, keys.composite_record, CompositeRecord(
+        episode_key=EP_A, uri="u", sha256="0" * 64, size_bytes=7, duration_ms=1500,
+        probed_duration_s=1.5, video_frames=36, expected_frames=36, width=320, height=180,
+        fps=24, streams=[], subtitle_cues=1, subtitle_language="jpn", burned_in=False,
+        video_copied=True, clip_encoders=["libx264"], compose_seconds=1.0,
+        clips=[ClipRef(shot_id=s, sha256=r.sha256, status=ClipStatus.ok)
+               for s, r in records.items()]))
+    ep = client.get(f"/api/episodes/{EP_A}", headers=bearer(TOKEN_A)).json()
+    assert ep["composite"]["label"] == "ep99.mp4" and ep["composite_stale"] == []
+    assert "36 frames" in ep["composite_info"]
+    fake_clip(world.store, EP_A, "S02", b"a new take")
+    ep = client.get(f"/api/episodes/{EP_A}", headers=bearer(TOKEN_A)).json()
+    assert ep["composite_stale"] == ["S02"]
+    login(client, TOKEN_A)
+    page = client.get(f"/episodes/{EP_A}").text
+    assert 'id="composite"' in page and "Cut before the current clips of S02" in page
