@@ -113,7 +113,8 @@ def _when(value: dt.datetime | None) -> str:
 
 def _safe_next(value: str | None) -> str:
     """Only a path of this desk (no scheme, no host, no ``//``) is followed after login."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value \
+            or any(c.isspace() or not c.isprintable() for c in value):
         return "/episodes"
     parts = urlsplit(value)
     return value if not parts.scheme and not parts.netloc else "/episodes"

@@ -213,3 +213,13 @@ def test_local_files_never_follow_a_symbolic_link(tmp_path: Path) -> None:
                 "studio-a/moonlit-courier/ep99/clips"):
         with pytest.raises(LinkRefused):
             local_file(root, key)
+
+
+def test_after_login_only_a_path_of_the_desk_is_followed() -> None:
+    from anime_pipeline.desk.app import _safe_next
+
+    assert _safe_next("/episodes/studio-a/moonlit-courier/ep99") == \
+        "/episodes/studio-a/moonlit-courier/ep99"
+    for bad in (None, "", "https://evil.example/", "//evil.example/", "/\\evil.example",
+                "/\t/evil.example", "/\n/evil.example", "episodes", "javascript:alert(1)"):
+        assert _safe_next(bad) == "/episodes", bad
