@@ -326,6 +326,10 @@ class EpisodeKeys:
     def thumbnail(self, shot_id: str) -> str:
         return self._k(f"clips/{shot_id}.jpg")
 
+    def retake(self, shot_id: str) -> str:
+        """The shot's retake (a rejection's new take and note), read by every render."""
+        return self._k(f"review/{shot_id}.retake.json")
+
     @property
     def composite(self) -> str:
         return self._k(f"composite/{self.episode_id}.mp4")
@@ -341,6 +345,15 @@ class EpisodeKeys:
     @property
     def composite_record(self) -> str:
         return self._k("composite/composite.json")
+
+    @property
+    def mix(self) -> str:
+        """The mix encoded once for the episode's composites (AAC, cut to the episode)."""
+        return self._k("composite/mix.m4a")
+
+    @property
+    def mix_record(self) -> str:
+        return self._k("composite/mix.json")
 
     @property
     def preview_composite(self) -> str:

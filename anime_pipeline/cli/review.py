@@ -6,23 +6,30 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from anime_pipeline.cli.ledger import _common, _table, open_ledger
 from anime_pipeline.domain.episode import EpisodeValidationError
 from anime_pipeline.pipeline import catalog
-from anime_pipeline.pipeline.review import decide, episode_review, process
+from anime_pipeline.pipeline.review import ProcessResult, decide, episode_review, process
 from anime_pipeline.review.machine import ReviewTransitionError
 from anime_pipeline.review.store import ReviewStore
 from anime_pipeline.settings import PipelineConfig
 from anime_pipeline.storage import LocalStore
 
+if TYPE_CHECKING:
+    from anime_pipeline.cli.render import RenderReport
+
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _open(args: argparse.Namespace) -> tuple[LocalStore, ReviewStore, Any]:
-    config = PipelineConfig.from_values(getattr(args, "home", None))
+    config = PipelineConfig.from_env(home=getattr(args, "home", None))
     store = LocalStore(config.artifacts)
     bundle = catalog.load_registered(store, args.episode_key)
     return store, ReviewStore(open_ledger(args).url), bundle
@@ -69,12 +76,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_process(args: argparse.Namespace) -> int:
-    store, reviews, bundle = _open(args)
-    result = process(store, reviews, bundle)
-    if args.json:
-        print(result.model_dump_json(indent=2))
-        return EXIT_OK
+def _print_pass(result: ProcessResult) -> None:
     print(f"{result.episode_key} (review mode {result.mode}): "
           f"{len(result.sent_to_review)} new version(s) sent to review")
     for shot in result.approved_by_qc:
@@ -83,7 +85,52 @@ def cmd_process(args: argparse.Namespace) -> int:
         print(f"  {shot}: passed QC, waiting for a human")
     for shot, why in result.qc_rejected.items():
         print(f"  {shot}: rejected by QC: {why}")
+    for shot, take in result.retakes.items():
+        print(f"  {shot}: rejected: regenerating as take {take}")
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """The review loop in the foreground: review, QC, retakes; then the episode is rendered
+    again (only the retaken shots render; the composite and package are re-cut) and the new
+    versions go back to review."""
+    t0 = time.perf_counter()
+    store, reviews, bundle = _open(args)
+    first = process(store, reviews, bundle)
+    passes = [first]
+    render: RenderReport | None = None
+    if first.retakes and not args.no_render:
+        render = _render(args, store, bundle.episode.key)
+        passes.append(process(store, reviews, bundle, regenerate=False))
+    seconds = round(time.perf_counter() - t0, 2)
+    if args.json:
+        print(json.dumps({"passes": [p.model_dump(mode="json") for p in passes],
+                          "render": render.model_dump(mode="json") if render else None,
+                          "seconds": seconds}, indent=2))
+        return EXIT_OK
+    for p in passes:
+        _print_pass(p)
+    if render is not None:
+        took = {c.shot_id: c.render_seconds for c in render.clips if c.shot_id in first.retakes}
+        print(f"re-rendered {', '.join(f'{s} ({t:.1f} s)' for s, t in took.items())}; "
+              f"composite and package re-cut: {render.composite}")
+    print(f"done in {seconds:.1f} s")
     return EXIT_OK
+
+
+def _render(args: argparse.Namespace, store: LocalStore, episode_key: str) -> RenderReport:
+    """The episode rendered again on the instance, as ``anime-pipeline render`` does."""
+    from anime_pipeline.cli.render import render_episode
+    from anime_pipeline.defs.resources import LedgerResource, NotifierResource
+    from anime_pipeline.instance import open_instance
+    from anime_pipeline.settings import instance_home
+
+    config = PipelineConfig.from_env(home=getattr(args, "home", None))
+    folder = catalog.entry(store, episode_key).episode_dir
+    with open_instance(instance_home()) as instance:
+        return render_episode(folder, config=config, instance=instance,
+                              instance_home=str(instance_home()), storage=store,
+                              notifier=NotifierResource.from_environ(os.environ),
+                              ledger=LedgerResource(url=open_ledger(args).url))
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
@@ -99,7 +146,8 @@ def _guard(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(handler(args))
-        except (OSError, ValueError, LookupError, EpisodeValidationError) as e:
+        except (OSError, ValueError, LookupError, RuntimeError, EpisodeValidationError,
+                SQLAlchemyError) as e:
             print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}",
                   file=sys.stderr)
             return EXIT_FAILED
@@ -129,6 +177,8 @@ def add_subcommands(sub: Any) -> None:
                                         "review, then the automated reviewer (by mode)")
     p.add_argument("episode_key", help="tenant/project/episode")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-render", action="store_true",
+                   help="only review, QC and retakes: leave the render to the next run")
     _common(p)
     p.set_defaults(func=_guard(cmd_process))
     m = rsub.add_parser("mode", help="a project's review mode: human, ai or human+ai")

@@ -12,10 +12,10 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict
 
 from anime_pipeline.domain.episode import EpisodeBundle
-from anime_pipeline.domain.records import ClipRecord, ClipStatus
+from anime_pipeline.domain.records import ClipRecord, ClipStatus, Retake
 from anime_pipeline.media import qc as qc_media
 from anime_pipeline.media.render import Delivery
-from anime_pipeline.pipeline.clips import read_clip_records
+from anime_pipeline.pipeline.clips import read_clip_records, read_retake
 from anime_pipeline.review.machine import (
     ClipVersion,
     Decision,
@@ -28,7 +28,7 @@ from anime_pipeline.review.machine import (
 )
 from anime_pipeline.review.qc import QcMeasurements, QcReport, judge
 from anime_pipeline.review.store import ReviewStore
-from anime_pipeline.storage import EpisodeKeys, Storage
+from anime_pipeline.storage import EpisodeKeys, Storage, put_record
 
 
 class ShotReview(BaseModel):
@@ -164,7 +164,7 @@ def run_qc(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
            record: ClipRecord) -> QcReport:
     """The QC report of the clip version ``record`` describes (measured once per version)."""
     key = bundle.episode.key
-    version_key = f"{record.sha256}:{record.fingerprint}:{record.status.value}"
+    version_key = _version_key(record)
     cached = reviews.qc_report(key, record.shot_id, version_key)
     if cached is not None:
         return cached
@@ -175,6 +175,63 @@ def run_qc(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
                    fps=fmt.fps, expected_frames=delivery.frames_for(shot.duration_ms))
     reviews.save_qc(key, version_key, report)
     return report
+
+
+def request_retakes(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
+                    now: dt.datetime | None = None) -> dict[str, int]:
+    """Every rejected shot goes to ``regenerating`` with a new retake (take + 1, the
+    rejection's reason as its note): the next render of the episode renders it again. The
+    shots and their new takes."""
+    ep = bundle.episode
+    keys = EpisodeKeys(ep.key)
+    events: list[ReviewEvent] = []
+    takes: dict[str, int] = {}
+    for shot_id, last in reviews.latest(ep.key).items():
+        if last.state is not ReviewState.rejected:
+            continue
+        before = read_retake(storage, keys, shot_id)
+        retake = Retake(shot_id=shot_id, take=(before.take if before else 0) + 1,
+                        note=last.reason, requested_by=last.reviewer)
+        events.append(next_event(last, episode_key=ep.key, shot_id=shot_id,
+                                 state=ReviewState.regenerating, version=last.version,
+                                 at=now or _now(), reason=last.reason))
+        put_record(storage, keys.retake(shot_id), retake)
+        takes[shot_id] = retake.take
+    reviews.append(events)
+    return takes
+
+
+def regenerating_takes(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
+                       ) -> dict[str, int]:
+    """The shots waiting for their retake's render (state ``regenerating``) and their takes:
+    what a render of the episode must still do for review."""
+    keys = EpisodeKeys(bundle.episode.key)
+    out: dict[str, int] = {}
+    for shot_id, last in reviews.latest(bundle.episode.key).items():
+        if last.state is ReviewState.regenerating:
+            retake = read_retake(storage, keys, shot_id)
+            out[shot_id] = retake.take if retake else 0
+    return out
+
+
+def qc_pending(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle) -> list[str]:
+    """Shots in review whose current version the automated reviewer has not measured, when
+    the project's mode uses it."""
+    ep = bundle.episode
+    if reviews.review_mode(ep.tenant_id, ep.project_id) == "human":
+        return []
+    records = read_clip_records(storage, bundle)
+    out = []
+    for shot_id, last in reviews.latest(ep.key).items():
+        record = records.get(shot_id)
+        if last.state is ReviewState.in_review and record is not None and \
+                reviews.qc_report(ep.key, shot_id, _version_key(record)) is None:
+            out.append(shot_id)
+    return sorted(out)
+
+
+def _version_key(record: ClipRecord) -> str:
+    return f"{record.sha256}:{record.fingerprint}:{record.status.value}"
 
 
 class ProcessResult(BaseModel):
@@ -188,14 +245,17 @@ class ProcessResult(BaseModel):
     qc_passed: list[str]
     qc_rejected: dict[str, str]  # shot -> reason
     approved_by_qc: list[str]
+    retakes: dict[str, int] = {}  # shot -> its new take (rendered by the next render)
 
 
 def process(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
-            now: dt.datetime | None = None) -> ProcessResult:
+            now: dt.datetime | None = None, *, regenerate: bool = True) -> ProcessResult:
     """One pass of the review loop: new clip versions go to review; in ``ai`` and
     ``human+ai`` mode the automated reviewer checks every version in review — in ``ai`` mode
     its verdict is the decision, in ``human+ai`` it rejects what fails and leaves what passes
-    for a human."""
+    for a human; then (``regenerate``) every rejected shot gets a retake, which the next
+    render of the episode renders (the caller renders: the CLI in the foreground, the review
+    sensor by a run)."""
     ep = bundle.episode
     mode = reviews.review_mode(ep.tenant_id, ep.project_id)
     sent = sync_versions(storage, reviews, bundle, now)
@@ -220,5 +280,6 @@ def process(storage: Storage, reviews: ReviewStore, bundle: EpisodeBundle,
                        mode="ai", reason="QC passed", now=now)
             else:
                 passed.append(shot_id)
+    retakes = request_retakes(storage, reviews, bundle, now) if regenerate else {}
     return ProcessResult(episode_key=ep.key, mode=mode, sent_to_review=sent, qc_passed=passed,
-                         qc_rejected=rejected, approved_by_qc=approved)
+                         qc_rejected=rejected, approved_by_qc=approved, retakes=retakes)

@@ -84,19 +84,19 @@ def test_review_modes(tmp_path: Path, episode) -> None:  # type: ignore[no-untyp
     store, _, bundle, reviews = episode
     _clip(store, tmp_path, "S01", MOVING, 24)
     _clip(store, tmp_path, "S02", "color=black:s=320x180:r=24", 12)  # S02 is 500 ms
-    human = process(store, reviews, bundle)
+    human = process(store, reviews, bundle, regenerate=False)
     assert human.mode == "human" and human.sent_to_review == ["S01", "S02"]
     assert human.qc_rejected == {} and human.approved_by_qc == []
     reviews.set_review_mode("studio-a", "moonlit-courier", "human+ai")
-    mixed = process(store, reviews, bundle)
+    mixed = process(store, reviews, bundle, regenerate=False)
     assert mixed.qc_passed == ["S01"] and list(mixed.qc_rejected) == ["S02"]
     latest = reviews.latest(EP)
     assert latest["S01"].state is ReviewState.in_review  # a human decides what passes
     assert latest["S02"].state is ReviewState.rejected and latest["S02"].mode == "ai"
     assert latest["S02"].reason and latest["S02"].reason.startswith("QC: black")
-    again = process(store, reviews, bundle)  # measured once per version
+    again = process(store, reviews, bundle, regenerate=False)  # measured once per version
     assert again.qc_passed == ["S01"] and again.qc_rejected == {}
     reviews.set_review_mode("studio-a", "moonlit-courier", "ai")
-    auto = process(store, reviews, bundle)
+    auto = process(store, reviews, bundle, regenerate=False)
     assert auto.approved_by_qc == ["S01"]
     assert reviews.latest(EP)["S01"].state is ReviewState.approved

@@ -112,7 +112,7 @@ def test_new_versions_go_to_review_and_history_is_kept(tmp_path: Path) -> None:
 
 def test_the_review_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "home"
-    store = LocalStore(home / "artifacts")
+    store = LocalStore(tmp_path / "artifacts")  # $ANIME_PIPELINE_STORAGE (conftest)
     catalog.register(store, minimal_episode(tmp_path / "ep"))
     _clip(store, "S01", "c" * 64)
     _clip(store, "S02", "d" * 64, ClipStatus.placeholder)
