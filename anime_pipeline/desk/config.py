@@ -72,10 +72,7 @@ class DeskSettings(BaseModel):
                      ) -> DeskSettings:
         """The settings the pipeline's variables say (the CLI's ``--home`` and
         ``--ledger-url`` first): the same storage and ledger every other process uses."""
-        config = PipelineConfig.from_env(environ)
-        root = Path(home).expanduser().absolute() if home else config.home
-        if home:
-            config = PipelineConfig(home=root, storage_root=config.storage_root)
+        config = PipelineConfig.from_env(environ, home=home)
         storage: LocalStorageSettings | S3StorageSettings
         if environ.get(S3_BUCKET_ENV):
             storage = S3StorageSettings(

@@ -33,7 +33,7 @@ from anime_pipeline.domain.records import ClipRecord, CompositeRecord, PackageRe
 from anime_pipeline.ledger import Ledger, UsageFilter
 from anime_pipeline.ops.notify import UI_URL_ENV, validate_url
 from anime_pipeline.pipeline import catalog
-from anime_pipeline.pipeline.clips import read_clip_records
+from anime_pipeline.pipeline.clips import read_clip_records, read_retake
 from anime_pipeline.pipeline.review import decide, episode_review, sync_versions
 from anime_pipeline.review.machine import Decision, ReviewEvent, ReviewState, ReviewTransitionError
 from anime_pipeline.review.store import ReviewStore
@@ -96,6 +96,7 @@ class ShotCard(BaseModel):
     sha256: str | None
     version: str | None
     version_no: int | None
+    take: int | None  # the retake a rejection asked for (1, 2, ...), none before one
     decision: str | None
     reason: str | None
     reviewer: str | None
@@ -312,13 +313,19 @@ class DeskService:
         cards = []
         for shot, status in zip(ep.shots, review.shots, strict=True):
             events = by_shot.get(shot.id, [])
-            numbers: dict[str, int] = {}
+            # a version is the clip's bytes and what made them (a retake of the same picture
+            # is a new version to review, as the state machine counts it)
+            numbers: dict[tuple[str, str], int] = {}
             for event in events:
-                numbers.setdefault(event.version.sha256, len(numbers) + 1)
+                numbers.setdefault((event.version.sha256, event.version.fingerprint),
+                                   len(numbers) + 1)
             record = records.get(shot.id)
+            retake = read_retake(self.storage, keys, shot.id) \
+                if keys.retake(shot.id) in present else None
             rows = [HistoryRow(state=e.state.value, version=e.version.sha256[:12],
-                               version_no=numbers[e.version.sha256], decision=e.decision,
-                               reason=e.reason, reviewer=e.reviewer, mode=e.mode, at=e.at)
+                               version_no=numbers[(e.version.sha256, e.version.fingerprint)],
+                               decision=e.decision, reason=e.reason, reviewer=e.reviewer,
+                               mode=e.mode, at=e.at)
                     for e in reversed(events)]
             sha = status.clip_sha256
             cards.append(ShotCard(
@@ -328,7 +335,8 @@ class DeskService:
                 clip_status=status.clip_status,
                 clip_summary=record.summary if record and record.status.value != "ok" else None,
                 sha256=sha, version=sha[:12] if sha else None,
-                version_no=numbers.get(sha) if sha else None,
+                version_no=numbers.get((record.sha256, record.fingerprint)) if record else None,
+                take=retake.take if retake else None,
                 decision=status.decision, reason=status.reason, reviewer=status.reviewer,
                 can_decide=status.state is ReviewState.in_review,
                 clip=link(keys.clip(shot.id), f"{shot.id}.mp4",

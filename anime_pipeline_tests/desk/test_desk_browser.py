@@ -148,10 +148,28 @@ def test_log_in_reject_regenerate_and_approve(desk: Desk, page: sync_api.Page,
     sync_api.expect(rows.first).to_contain_text("the eyes drift")
     page.screenshot(path=str(tmp_path / "episode_after_reject.png"), full_page=True)
 
-    # the review loop renders it again; it comes back for review as a new version
-    process(desk.store, desk.reviews, desk.planned.bundle)
+    # the review loop in-process, as `review process` runs it: a retake for the rejected shot,
+    # the episode rendered again (only S01 renders), then the new version back to review
+    p = desk.planned
+    loop = process(desk.store, desk.reviews, p.bundle)
+    assert loop.retakes == {"S01": 1}
+    page.reload()
+    expect_state(page, "S01", "regenerating", 1)
+    before = read_clip_records(desk.store, p.bundle)
+    with desk.store.scratch() as work:
+        render_episode_clips(desk.store, p.bundle, p.plan, p.shot_ids,
+                             backends=local_backends(), env=ENV, work_dir=work)
+        write_composite(desk.store, p.bundle, work_dir=work)
+    after = read_clip_records(desk.store, p.bundle)
+    assert after["S01"].rendered_at > before["S01"].rendered_at  # a new take of S01 ...
+    assert after["S01"].fingerprint != before["S01"].fingerprint
+    assert after["S02"] == before["S02"]  # ... and only of S01
+    process(desk.store, desk.reviews, p.bundle, regenerate=False)
     page.reload()
     expect_state(page, "S01", "in_review", 2)
+    expect_state(page, "S02", "in_review", 1)
+    sync_api.expect(shot(page, "S01").locator(".version")).to_contain_text("version 2 · take 1")
+    sync_api.expect(page.locator("#stale")).to_have_count(0)  # the composite is re-cut
 
     shot(page, "S01").locator("button.approve").click()
     sync_api.expect(page.locator("#notice")).to_contain_text("S01 approved")
