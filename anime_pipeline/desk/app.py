@@ -50,8 +50,9 @@ from anime_pipeline.desk.auth import (
     csrf_ok,
 )
 from anime_pipeline.desk.config import DeskSettings, S3StorageSettings
-from anime_pipeline.desk.services import DeskError, DeskService, EpisodeView
+from anime_pipeline.desk.services import DeskError, DeskService, EpisodeView, NotFound
 from anime_pipeline.desk.signing import LinkRefused, load_secret, subkey
+from anime_pipeline.domain.episode import PackageParts
 from anime_pipeline.review.machine import Decision
 
 logger = logging.getLogger("anime_pipeline.desk")
@@ -296,6 +297,76 @@ async def decide_form(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
+# ---------------------------------------------------------------------------- projects
+
+
+def _project(request: Request) -> tuple[str, str]:
+    return request.path_params["tenant"], request.path_params["project"]
+
+
+async def _project_response(desk: Desk, request: Request, caller: Caller, *,
+                            status: int = 200, error: str | None = None,
+                            notice: str | None = None) -> Response:
+    try:
+        view = await run_in_threadpool(desk.service.project_view, caller.grant,
+                                       *_project(request))
+    except DeskError as e:
+        return desk.page(request, "error.html", e.status, caller=caller, title="Not found",
+                         message=str(e))
+    return desk.page(request, "project.html", status, caller=caller, pv=view, error=error,
+                     notice=notice or request.query_params.get("done"))
+
+
+async def project_page(request: Request) -> Response:
+    desk: Desk = request.app.state.desk
+    caller = desk.caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    return await _project_response(desk, request, caller)
+
+
+async def project_form(request: Request) -> Response:
+    """The forms of a project's page: ``settings`` (review mode, package parts),
+    ``schedules`` (add one) and ``schedules/ID/enable|disable|remove``."""
+    desk: Desk = request.app.state.desk
+    caller = desk.caller(request)
+    if caller is None:
+        return _login_redirect(request)
+    form = await request.form(max_files=0, max_fields=20)
+    if not csrf_ok(caller.session, str(form.get(CSRF_FIELD) or "")):
+        return desk.page(request, "error.html", 403, caller=caller, title="Refused",
+                         message="This form has expired or did not come from this desk: "
+                                 "reload the page and try again.")
+    tenant, project = _project(request)
+    what = request.path_params["what"]
+    try:
+        if what == "settings":
+            parts = {name: form.get(f"part_{name}") == "on" for name in PackageParts.model_fields}
+            await run_in_threadpool(desk.service.save_project, caller.grant, tenant, project,
+                                    review_mode=str(form.get("review_mode") or ""),
+                                    package=parts)
+            done = "settings saved"
+        elif what == "schedules":
+            schedule = await run_in_threadpool(
+                desk.service.add_schedule, caller.grant, tenant, project,
+                cron=str(form.get("cron") or ""), timezone=str(form.get("timezone") or ""),
+                target=str(form.get("target") or ""), action=str(form.get("action") or ""))
+            done = f"schedule {schedule.id} added"
+        elif what.startswith("schedules/") and what.count("/") == 2:
+            _, schedule_id, action = what.split("/")
+            await run_in_threadpool(desk.service.change_schedule, caller.grant, tenant,
+                                    project, schedule_id, action)
+            done = f"schedule {schedule_id}: {action.rstrip('e')}ed"
+        else:
+            raise NotFound(f"no form {what!r}")
+    except DeskError as e:
+        if e.status == 404:
+            return desk.page(request, "error.html", 404, caller=caller, title="Not found",
+                             message=str(e))
+        return await _project_response(desk, request, caller, status=e.status, error=str(e))
+    return RedirectResponse(f"/projects/{tenant}/{project}?done={quote(done)}", status_code=303)
+
+
 # ---------------------------------------------------------------------------- files
 
 
@@ -456,6 +527,8 @@ def create_app(settings: DeskSettings, *, clock: Callable[[], float] = time.time
         Route("/episodes", episodes_page),
         Route(episode, episode_page),
         Route(episode + "/shots/{shot}/{action:str}", decide_form, methods=["POST"]),
+        Route("/projects/{tenant}/{project}", project_page),
+        Route("/projects/{tenant}/{project}/{what:path}", project_form, methods=["POST"]),
         Route("/files/{key:path}", file_download),
         Route("/api/episodes", api_episodes),
         Route("/api" + episode, api_episode),

@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from anime_pipeline.desk.auth import Grant, Scope
 from anime_pipeline.desk.config import DeskSettings
@@ -28,7 +29,7 @@ from anime_pipeline.desk.signing import (
     expiry,
     local_file,
 )
-from anime_pipeline.domain.episode import EpisodeBundle, EpisodeValidationError
+from anime_pipeline.domain.episode import EpisodeBundle, EpisodeValidationError, PackageParts
 from anime_pipeline.domain.records import ClipRecord, CompositeRecord, PackageRecord
 from anime_pipeline.ledger import Ledger, UsageFilter
 from anime_pipeline.ops.notify import UI_URL_ENV, validate_url
@@ -38,6 +39,7 @@ from anime_pipeline.pipeline.review import decide, episode_review, sync_versions
 from anime_pipeline.review.machine import Decision, ReviewEvent, ReviewState, ReviewTransitionError
 from anime_pipeline.review.store import ReviewStore
 from anime_pipeline.storage import EpisodeKeys, LocalStore, RecordError, S3Store, get_record
+from anime_pipeline.timetable import Schedule, ScheduleStore
 
 mimetypes.add_type("application/x-subrip", ".srt")
 mimetypes.add_type("text/x-ssa", ".ass")
@@ -182,6 +184,18 @@ def clips_partition_url(ui_url: str, episode_key: str, shot_id: str) -> str | No
 
 def _minutes(seconds: float) -> float:
     return round(seconds / 60.0, 2)
+
+
+class ProjectView(BaseModel):
+    """A project's settings page: review mode, package parts, schedules."""
+
+    tenant: str
+    project: str
+    review_mode: str
+    package: dict[str, bool]
+    package_is_default: bool
+    schedules: list[dict[str, Any]]
+    episodes: list[str]
 
 
 class DeskService:
@@ -420,3 +434,65 @@ class DeskService:
                               reviewer=grant.reviewer, mode="human", reason=reason)
             except ReviewTransitionError as e:
                 raise Conflict(str(e)) from None
+
+    # ------------------------------------------------------------------ project settings
+
+    def project_view(self, grant: Grant, tenant: str, project: str) -> ProjectView:
+        if not grant.scope.covers_project(tenant, project):
+            raise NotFound(f"no project {tenant}/{project}")
+        parts = self.reviews.package_parts(tenant, project)
+        table = ScheduleStore(self.settings.ledger_url)
+        now = dt.datetime.now(dt.UTC)
+        prefix = f"{tenant}/{project}"
+        schedules = [{**s.model_dump(mode="json"), "next_tick": s.next_tick(now).isoformat()}
+                     for s in table.all()
+                     if s.target == prefix or s.target.startswith(prefix + "/")]
+        episodes = [k for k in catalog.registered_keys(self.storage)
+                    if k.startswith(prefix + "/")]
+        return ProjectView(tenant=tenant, project=project,
+                           review_mode=self.reviews.review_mode(tenant, project),
+                           package=(parts or PackageParts()).model_dump(),
+                           package_is_default=parts is None, schedules=schedules,
+                           episodes=episodes)
+
+
+    def save_project(self, grant: Grant, tenant: str, project: str, *,
+                     review_mode: str, package: dict[str, bool]) -> None:
+        if not grant.scope.covers_project(tenant, project):
+            raise NotFound(f"no project {tenant}/{project}")
+        if review_mode not in ("human", "ai", "human+ai"):
+            raise DeskError(f"review mode {review_mode!r}: human, ai or human+ai")
+        self.reviews.set_review_mode(tenant, project, review_mode)  # type: ignore[arg-type]
+        self.reviews.set_package_parts(tenant, project, PackageParts.model_validate(package))
+
+
+    def add_schedule(self, grant: Grant, tenant: str, project: str, *, cron: str,
+                     timezone: str, target: str, action: str) -> Schedule:
+        if not grant.scope.covers_project(tenant, project) or not (
+                target == f"{tenant}/{project}" or grant.scope.covers(target)
+                and target.startswith(f"{tenant}/{project}/")):
+            raise NotFound(f"no project {tenant}/{project}")
+        try:
+            schedule = Schedule.model_validate({"cron": cron, "timezone": timezone or "UTC",
+                                                "target": target, "action": action})
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            raise DeskError(f"schedule {'.'.join(str(p) for p in err['loc'])}: "
+                            f"{err['msg'].removeprefix('Value error, ')}") from None
+        return ScheduleStore(self.settings.ledger_url).add(schedule)
+
+
+    def change_schedule(self, grant: Grant, tenant: str, project: str,
+                        schedule_id: str, action: str) -> None:
+        table = ScheduleStore(self.settings.ledger_url)
+        schedule = table.get(schedule_id)
+        prefix = f"{tenant}/{project}"
+        if schedule is None or not grant.scope.covers_project(tenant, project) or not (
+                schedule.target == prefix or schedule.target.startswith(prefix + "/")):
+            raise NotFound(f"no schedule {schedule_id} in {prefix}")
+        if action == "remove":
+            table.remove(schedule_id)
+        elif action in ("enable", "disable"):
+            table.update(schedule_id, enabled=action == "enable")
+        else:
+            raise NotFound(f"no action {action!r}: enable, disable or remove")
