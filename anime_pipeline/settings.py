@@ -123,7 +123,9 @@ class PipelineConfig(BaseModel):
         return cls(home=h, storage_root=root, inbox=folders)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> PipelineConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 home: str | Path | None = None) -> PipelineConfig:
+        """From the environment; ``home`` (a ``--home`` option) replaces only the home."""
         env = os.environ if environ is None else environ
-        return cls.from_values(env.get(HOME_ENV) or default_home(env), env.get(STORAGE_ENV),
-                               env.get(INBOX_ENV))
+        return cls.from_values(home or env.get(HOME_ENV) or default_home(env),
+                               env.get(STORAGE_ENV), env.get(INBOX_ENV))

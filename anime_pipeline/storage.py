@@ -209,10 +209,13 @@ class S3Store:
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region_name: str | None = None, cache_dir: str | Path | None = None) -> None:
         import boto3
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name)
+        # SigV4 throughout, presigned links included (S3 refuses SigV2 links in newer regions)
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name,
+                                   config=Config(signature_version="s3v4"))
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "anime_pipeline_s3")
 
     def _key(self, key: str) -> str:
@@ -248,6 +251,17 @@ class S3Store:
 
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def presigned_url(self, key: str, expires_s: int, *, filename: str | None = None,
+                      inline: bool = True) -> str:
+        """A GET link to ``key`` that S3 honours for ``expires_s`` seconds (SigV4 presigned;
+        no request is made). ``filename``: the name a download is saved under."""
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if filename:
+            kind = "inline" if inline else "attachment"
+            params["ResponseContentDisposition"] = f'{kind}; filename="{filename}"'
+        return str(self.client.generate_presigned_url("get_object", Params=params,
+                                                      ExpiresIn=int(expires_s)))
 
     def fetch(self, key: str) -> Path:
         dest = self.cache_dir / self.bucket / self._key(key)
@@ -312,6 +326,10 @@ class EpisodeKeys:
     def thumbnail(self, shot_id: str) -> str:
         return self._k(f"clips/{shot_id}.jpg")
 
+    def retake(self, shot_id: str) -> str:
+        """The shot's retake (a rejection's new take and note), read by every render."""
+        return self._k(f"review/{shot_id}.retake.json")
+
     @property
     def composite(self) -> str:
         return self._k(f"composite/{self.episode_id}.mp4")
@@ -327,6 +345,15 @@ class EpisodeKeys:
     @property
     def composite_record(self) -> str:
         return self._k("composite/composite.json")
+
+    @property
+    def mix(self) -> str:
+        """The mix encoded once for the episode's composites (AAC, cut to the episode)."""
+        return self._k("composite/mix.m4a")
+
+    @property
+    def mix_record(self) -> str:
+        return self._k("composite/mix.json")
 
     @property
     def preview_composite(self) -> str:

@@ -95,6 +95,25 @@ def test_s3_roundtrip(s3: S3Store, tmp_path: Path) -> None:
     assert all(o["Key"].startswith("studio/studio-a/") for o in raw)
 
 
+def test_s3_presigned_links(s3: S3Store) -> None:
+    """A SigV4 link to one object, that expires, with a download name; made without a call."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import httpx
+
+    key = "studio-a/proj/ep01/clips/S01.mp4"
+    s3.put_bytes(key, b"clip bytes")
+    url = s3.presigned_url(key, 600, filename="ep01_S01.mp4", inline=False)
+    parts = urlsplit(url)
+    q = parse_qs(parts.query)
+    assert parts.path == "/anime-artifacts/studio/studio-a/proj/ep01/clips/S01.mp4"
+    assert q["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and q["X-Amz-Expires"] == ["600"]
+    assert q["response-content-disposition"] == ['attachment; filename="ep01_S01.mp4"']
+    got = httpx.get(url, timeout=30)
+    assert got.status_code == 200 and got.content == b"clip bytes"
+    assert got.headers["content-disposition"] == 'attachment; filename="ep01_S01.mp4"'
+
+
 def test_package_streams_and_verifies(tmp_path: Path) -> None:
     big = tmp_path / "big.mp4"
     with big.open("wb") as f:

@@ -187,11 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("value", type=int, nargs="?", help="the new setting; none: print it")
     p.add_argument("--home", help="pipeline home")
     p.set_defaults(func=cmd_concurrency)
-    from anime_pipeline.cli import ledger
+    from anime_pipeline.cli import desk, ledger, review, schedule
     from anime_pipeline.ops import cli as ops_cli
     from anime_pipeline.runtime.cli import add_subcommands
 
     ledger.add_subcommands(sub)
+    review.add_subcommands(sub)
+    schedule.add_subcommands(sub)
+    desk.add_subcommands(sub)
     add_subcommands(sub)
     ops_cli.add_subcommands(sub)
     return parser

@@ -23,7 +23,7 @@ def open_ledger(args: argparse.Namespace) -> Ledger:
         return Ledger(args.ledger_url)
     if os.environ.get(LEDGER_URL_ENV):
         return Ledger(os.environ[LEDGER_URL_ENV])
-    home = PipelineConfig.from_values(getattr(args, "home", None)).home
+    home = PipelineConfig.from_env(home=getattr(args, "home", None)).home
     return Ledger(default_url(home))
 
 

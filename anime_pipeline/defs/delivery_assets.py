@@ -25,7 +25,8 @@ from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.records import PackageRecord
 from anime_pipeline.ops.notify import Notifier, delivered_notification
-from anime_pipeline.pipeline import catalog, delivery
+from anime_pipeline.pipeline import catalog, delivery, review
+from anime_pipeline.review.store import ReviewStore
 from anime_pipeline.storage import EpisodeKeys, Storage
 
 MAX_INLINE_PREVIEW = 1 << 20  # bytes of JPEG shown inline in the UI
@@ -37,9 +38,11 @@ MAX_INLINE_PREVIEW = 1 << 20  # bytes of JPEG shown inline in the UI
     # and the per-shot clip partitions Dagster can only map to all of them.
     deps=[dg.AssetDep("clips", partition_mapping=dg.AllPartitionMapping())],
     check_specs=[checks.COMPOSITE_CHECK],
-    description="The episode: clips concatenated in shot order by stream copy, the mix cut or "
-                "padded to the episode's length, dialogue as a soft subtitle track (optionally "
-                "burned in), verified by decoding; a contact sheet with one tile per shot.",
+    description="The episode: clips concatenated in shot order by stream copy, the mix "
+                "(encoded once per episode, cut or padded to its length) copied in, dialogue "
+                "as a soft subtitle track (optionally burned in), verified; a contact sheet "
+                "with one tile per shot from the clips' thumbnails. Reused while its inputs "
+                "are unchanged.",
 )
 def composite(
     context: dg.AssetExecutionContext, storage: StorageResource, render_settings: RenderSettings
@@ -50,6 +53,9 @@ def composite(
         outcome = delivery.write_composite(store, bundle, work_dir=work,
                                            burn_subtitles=render_settings.burn_subtitles)
     record = outcome.record
+    if outcome.reused:
+        context.log.info(f"{record.episode_key}: composite current (same clips, mix, "
+                         "subtitles and settings): reused")
     if record.placeholder_shots:
         context.log.warning(f"{record.episode_key} composed with placeholder slates for "
                             f"{record.placeholder_shots}")
@@ -66,7 +72,10 @@ def composite(
         "subtitle_streams": kinds.count("subtitle"),
         "subtitle_cues": record.subtitle_cues,
         "subtitles_burned_in": record.burned_in,
+        "reused": outcome.reused,
         "video_copied": record.video_copied,
+        "audio_copied": record.audio_copied,
+        "verified_by": record.verified_by,
         "placeholder_shots": ", ".join(record.placeholder_shots),
         "degraded_shots": ", ".join(record.degraded_shots),
         "size_bytes": record.size_bytes,
@@ -76,6 +85,8 @@ def composite(
                             "sha256": c.sha256[:12]} for c in record.clips],
                           ["shot", "status", "sha256"]),
     }
+    if outcome.mix_reused is not None:  # the mix was needed: encoded now, or reused
+        metadata["mix_reused"] = outcome.mix_reused
     sheet = outcome.contact_sheet_jpeg
     if sheet and len(sheet) <= MAX_INLINE_PREVIEW:
         metadata["contact_sheet"] = image(sheet, "contact sheet")
@@ -89,7 +100,9 @@ def composite(
     partitions_def=episode_partitions, group_name=GROUP, deps=[composite], kinds={"zip"},
     check_specs=[checks.PACKAGE_CHECK],
     description="Delivery ZIP: composite, clips, SRT and ASS subtitles, the three JSON "
-                "manifests and manifest.json with every file's size and sha256 and the lineage.",
+                "manifests, the keyframes and the review report (the parts are set per project "
+                "or in creative_control.yaml), and manifest.json with every file's size and "
+                "sha256 and the lineage. Reused while its files are unchanged.",
 )
 def package_zip(
     context: dg.AssetExecutionContext, storage: StorageResource, ledger: LedgerResource,
@@ -100,16 +113,25 @@ def package_zip(
     bundle = catalog.load_registered(store, context.partition_key)
     lineage = {"run_id": context.run.run_id, "code_version": delivery.code_version(),
                "partition": context.partition_key}
+    reviews = ReviewStore(ledger.ledger().url)
+    parts = review.package_parts_for(reviews, bundle)
+    report = review.review_report(store, reviews, bundle) if parts.review_report else None
     with store.scratch() as work:
-        record = delivery.write_package(store, bundle, work_dir=work, lineage=lineage)
+        outcome = delivery.write_package(store, bundle, work_dir=work, lineage=lineage,
+                                         parts=parts, review_report=report)
+    record = outcome.record
+    if outcome.reused:
+        context.log.info(f"{record.episode_key}: package current (same files): reused")
     check = quality.package_checksums_match(store.fetch(EpisodeKeys(bundle.episode.key).package))
     if check.passed:  # a failed (blocking) check fails the run: that run_failed is the news
         notify_delivered(context, alerts, store, bundle, record)
     return dg.MaterializeResult(check_results=[checks.result(check)], metadata={
         "path": dg.MetadataValue.path(record.uri),
+        "reused": outcome.reused,
         "size_bytes": record.size_bytes,
         "files": record.files,
         "sha256": record.sha256,
+        "parts": ", ".join(k for k, on in parts.model_dump().items() if on),
         "code_version": record.manifest.lineage.code_version,
         "lineage": dg.MetadataValue.json(record.manifest.lineage.model_dump(mode="json")),
     })

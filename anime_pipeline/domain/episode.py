@@ -313,6 +313,19 @@ class FeatureFlags(_Model):
     enable_backend_priority_assignment: bool = True
 
 
+class PackageParts(_Model):
+    """Which parts go into the delivery ZIP (``package:`` in creative_control.yaml, else the
+    project's setting, else these defaults)."""
+
+    keyframes: bool = True
+    clips: bool = True
+    composite: bool = True
+    preview_composite: bool = False
+    subtitles: bool = True
+    manifests: bool = True
+    review_report: bool = True
+
+
 class CreativeControl(_Model):
     mode: Mode = Mode.standard
     global_profile: GlobalProfile | None = None
@@ -320,6 +333,7 @@ class CreativeControl(_Model):
     sla: Sla = Field(default_factory=Sla)
     style: Style = Field(default_factory=Style)
     feature_flags: FeatureFlags = Field(default_factory=FeatureFlags)
+    package: PackageParts | None = None  # None: the project's setting, else the defaults
 
 
 def episode_key(tenant_id: str, project_id: str, episode_id: str) -> str:

@@ -25,7 +25,7 @@ _STORED_SUFFIXES = {".mp4", ".mov", ".mkv", ".jpg", ".jpeg", ".png", ".webp", ".
 class PackageEntry:
     arcname: str
     path: Path
-    kind: str  # composite | clip | subtitles | manifest | preview
+    kind: str  # composite | clip | subtitles | manifest | keyframe | preview | report
 
 
 def sha256_file(path: Path) -> str:

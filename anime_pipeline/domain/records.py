@@ -12,6 +12,7 @@ record                     stored at (``tenant/project/episode/...``)           
 :class:`AudioManifest`     ``plan/audio_event_manifest.json``                     planning
 ``ComputePlan``            ``plan/shot_compute_budget_plan.json`` (budget.plan)   planning
 :class:`ClipRecord`        ``clips/<shot>.json``                                  clips
+:class:`MixRecord`         ``composite/mix.json`` (beside ``mix.m4a``)            delivery
 :class:`CompositeRecord`   ``composite/composite.json``                           delivery
 :class:`PackageManifest`   ``manifest.json`` inside the delivery ZIP              delivery
 =========================  =====================================================  ==========
@@ -166,6 +167,17 @@ class Usage(Record):
     outcome: Literal["ok", "failed", "lost", "interrupted"] = "ok"
 
 
+class Retake(Record):
+    """``review/<shot>.retake.json``: the shot was rejected in review and renders again as
+    take ``take`` — a new seed and the reviewer's ``note`` in the prompt on generative
+    backends, the plan's next candidate on local ones. Part of the clip's fingerprint."""
+
+    shot_id: str
+    take: int = Field(ge=1)
+    note: str | None = Field(default=None, max_length=2000)
+    requested_by: str | None = None
+
+
 class RenderAttempt(Record):
     backend: str
     fps: float
@@ -309,8 +321,33 @@ class ClipRef(Record):
     stage: str = "final"
 
 
+class MixRecord(Record):
+    """``composite/mix.json``: the episode's mix encoded once for its composites
+    (``composite/mix.m4a``: AAC, padded and cut to the episode), reused while its
+    ``fingerprint`` (the source's sha256, the episode's length, the encoding settings and
+    the ffmpeg version) is unchanged."""
+
+    version: Literal["1"] = "1"
+    episode_key: str
+    fingerprint: str
+    source_sha256: str
+    duration_ms: int
+    codec: str
+    bitrate: str
+    sample_rate: int
+    sha256: str
+    size_bytes: int = Field(gt=0)
+    uri: str
+    encode_seconds: float
+    encoded_at: datetime = Field(default_factory=utc_now)
+
+
 class CompositeRecord(Record):
-    """``composite/composite.json``: the episode MP4 as verified after it was made."""
+    """``composite/composite.json``: the episode MP4 as verified after it was made.
+
+    ``fingerprint`` hashes everything it was made from (see
+    :func:`anime_pipeline.pipeline.delivery.composite_fingerprint`): while it matches, the
+    composite is current and is not made again."""
 
     version: Literal["2"] = "2"
     episode_key: str
@@ -334,6 +371,11 @@ class CompositeRecord(Record):
     compose_seconds: float
     preview: bool = False  # a staged plan's preview cut, before the final stage replaces it
     composed_at: datetime = Field(default_factory=utc_now)
+    fingerprint: str | None = None  # None: made before fingerprints, never reused
+    mix_sha256: str | None = None  # the encoded mix copied in (MixRecord.sha256)
+    audio_copied: bool = False
+    verified_by: str = "decode"  # "decode": video decoded in full; "packets": read in full
+    contact_sheet_fingerprint: str | None = None  # of its tiles: the thumbnails, in order
 
     @property
     def placeholder_shots(self) -> list[str]:
@@ -369,7 +411,9 @@ class PackageManifest(Record):
 
 
 class PackageRecord(Record):
-    """What ``package_zip`` reports of the ZIP it wrote."""
+    """What ``package_zip`` reports of the ZIP it wrote. ``fingerprint`` hashes what went
+    in (every file's sha256, the lineage's episode and code version): while it matches, the
+    ZIP is current and is not built again."""
 
     episode_key: str
     uri: str
@@ -377,3 +421,5 @@ class PackageRecord(Record):
     files: int
     sha256: str
     manifest: PackageManifest
+    fingerprint: str | None = None
+    build_seconds: float = 0.0

@@ -63,6 +63,8 @@ class ShotJob:
     segment_max_ms: int | None = None  # generate in windows of at most this (the plan's)
     run_id: str = ""  # with ``attempt``: what makes a generative seed and file name unique
     attempt: int = 0
+    take: int = 0  # a retake after a rejection in review (0: the first take)
+    note: str | None = None  # the reviewer's note, added to a generative prompt
     cancel: threading.Event | None = None  # set when the run stops: stop and clean up
 
     @property

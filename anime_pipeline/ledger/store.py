@@ -164,9 +164,7 @@ class Ledger:
                 for e in entries]
         if not rows:
             return 0
-        stmt = self._insert(usage).on_conflict_do_nothing(
-            index_elements=["run_id", "tenant", "project", "episode", "shot", "attempt", "call",
-                            "unit"])
+        stmt = self._insert(usage).on_conflict_do_nothing()  # the usage_once constraint
         with self.engine.begin() as conn:
             result = conn.execute(stmt, rows)
         return max(0, result.rowcount) if result.rowcount is not None else 0

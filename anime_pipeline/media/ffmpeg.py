@@ -404,7 +404,11 @@ def _exec(cmd: Sequence[str], *, timeout: float, what: str, stdin_data: bytes | 
         t.start()
     try:
         try:
-            code = proc.wait(timeout=limit)
+            # ffmpeg's stderr reaches its end when ffmpeg exits: wait for that (a blocking
+            # wait with a timeout) rather than in Popen.wait(timeout), which polls with
+            # sleeps of up to 50 ms and so added some 25 ms to every call.
+            threads[0].join(limit)
+            code = proc.wait(timeout=max(0.0, limit - (time.monotonic() - t0)))
         except subprocess.TimeoutExpired:
             elapsed = time.monotonic() - t0
             _kill_group(proc)
@@ -864,6 +868,48 @@ def count_packets(args: Sequence[str], *, timeout: float) -> VideoDecode:
         errors=_error_lines(stderr),
         last_time_s=int(times[-1]) / 1e6 if times else None,
     )
+
+
+def read_packets(path: str | Path, *, timeout: float) -> tuple[MediaInfo, VideoDecode]:
+    """Read every packet of every stream of ``path`` to its end without decoding (a stream
+    copy to ``-f null``), in one ffmpeg run that also gives :func:`probe`'s header.
+
+    ``frames`` counts the first video stream's packets; ``errors`` holds what the demuxer
+    reported (a file cut short, an unreadable packet). Raises :class:`FfmpegError` when the
+    file cannot be opened."""
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", *LEVEL_TAGS, "-nostats",
+           "-progress", "pipe:1", "-stats_period", "5", *input_args(path),
+           "-map", "0", "-c", "copy", "-f", "null", "-"]
+    code, out, stderr = _exec(cmd, timeout=timeout, what=f"reading the packets of {path}",
+                              want_stdout=True)
+    _raise_for(code, cmd, stderr)
+    text = _untag(stderr)
+    if "Input #0" not in text:
+        raise FfmpegError(f"cannot read media {path}: {_summary(stderr, 2)}", cmd, text)
+    progress = out.decode("utf-8", "replace")
+    frames = re.findall(r"^frame=(\d+)", progress, re.M)
+    times = re.findall(r"^out_time_us=(\d+)", progress, re.M)
+    errors = [_untag(s) for s in _lines(stderr) if _ERROR_LEVEL_RE.search(s)]
+    return _parse_header(str(path), text), VideoDecode(
+        frames=int(frames[-1]) if frames else 0, errors=errors,
+        last_time_s=int(times[-1]) / 1e6 if times else None)
+
+
+def decoded_audio_seconds(path: str | Path, *, timeout: float) -> tuple[float, list[str]]:
+    """Decode the first audio stream of ``path`` to the end (``-f null``): how long it
+    plays (the end of its last decoded sample, edit lists applied: AAC priming and padding
+    are not counted) and the decode errors. Raises :class:`FfmpegError` when it cannot be
+    read at all."""
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", *LEVEL_TAGS, "-v", "error",
+           "-nostats", "-progress", "pipe:1", "-stats_period", "5", "-threads", "1",
+           *input_args(path), "-map", "0:a:0", "-f", "null", "-"]
+    code, out, stderr = _exec(cmd, timeout=timeout, what=f"decoding the audio of {path}",
+                              want_stdout=True)
+    if code != 0:
+        raise FfmpegError(f"cannot decode the audio of {path}: {_summary(stderr, 3)}",
+                          cmd, _untag(stderr))
+    times = re.findall(r"^out_time_us=(\d+)", out.decode("utf-8", "replace"), re.M)
+    return (int(times[-1]) / 1e6 if times else 0.0), _error_lines(stderr)
 
 
 # --------------------------------------------------------------------------- verification

@@ -27,7 +27,7 @@ from anime_pipeline.budget.sla import PRIORITY_RANK
 from anime_pipeline.domain.contracts import NVENC_ENCODER, SOFTWARE_ENCODER
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.package import sha256_file
-from anime_pipeline.domain.records import ClipRecord, ClipStatus, PolicyRecord
+from anime_pipeline.domain.records import ClipRecord, ClipStatus, PolicyRecord, Retake
 from anime_pipeline.domain.rendering import (
     RenderBackend,
     RenderInfo,
@@ -177,8 +177,39 @@ class ClipOutcome:
         return self.record.status
 
 
-def plan_fields(entry: ShotPlan) -> dict[str, object]:
-    return entry.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+def plan_fields(entry: ShotPlan, retake: Retake | None = None) -> dict[str, object]:
+    """What of the plan (and of a retake) shapes the shot's render: its fingerprint's part."""
+    fields = entry.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+    if retake is not None:
+        fields["retake"] = {"take": retake.take, "note": retake.note}
+    return fields
+
+
+def read_retake(storage: Storage, keys: EpisodeKeys, shot_id: str) -> Retake | None:
+    """The shot's retake after a rejection in review, if it has one."""
+    if not storage.exists(keys.retake(shot_id)):
+        return None
+    try:
+        return get_record(storage, keys.retake(shot_id), Retake)
+    except RecordError:
+        return None
+
+
+def retaken(entry: ShotPlan, retake: Retake | None, generative: set[str]) -> ShotPlan:
+    """The plan entry of a retake: a shot on a local backend moves to the plan's next local
+    candidate (``take`` steps along them, round the list); a generative one keeps its tier (its
+    new seed and the note make the new take)."""
+    if retake is None or entry.backend_preference[0] in generative:
+        return entry
+    local = [c for c in entry.candidates if c.backend not in generative]
+    if len(local) < 2:
+        return entry
+    here = next((i for i, c in enumerate(local) if (c.fps, c.resolution, c.backend) == (
+        entry.target_fps, entry.target_resolution, entry.backend_preference[0])), 0)
+    c = local[(here + retake.take) % len(local)]
+    prefs = [c.backend] + [b for b in entry.backend_preference if b != c.backend]
+    return entry.model_copy(update={"target_fps": c.fps, "target_resolution": c.resolution,
+                                    "backend_preference": prefs})
 
 
 def reusable_record(storage: Storage, keys: EpisodeKeys, shot_id: str,
@@ -200,8 +231,11 @@ def reusable_record(storage: Storage, keys: EpisodeKeys, shot_id: str,
 def current_clip(storage: Storage, bundle: EpisodeBundle, entry: ShotPlan) -> bool:
     """Whether the shot's stored clip is current for ``entry`` (it would be reused)."""
     ep = bundle.episode
-    fp = clip_fingerprint(ep.shot(entry.shot_id), bundle.root, ep.format, plan_fields(entry))
-    return reusable_record(storage, EpisodeKeys(ep.key), entry.shot_id, fp) is not None
+    keys = EpisodeKeys(ep.key)
+    retake = read_retake(storage, keys, entry.shot_id)
+    fp = clip_fingerprint(ep.shot(entry.shot_id), bundle.root, ep.format,
+                          plan_fields(entry, retake))
+    return reusable_record(storage, keys, entry.shot_id, fp) is not None
 
 
 def preview_entry(entry: ShotPlan) -> ShotPlan:
@@ -230,13 +264,19 @@ def render_clip(
     ``spend``: the project's budget is checked as the shot starts (a generative shot may be
     sent to the local backends, or the run stopped) and its usage recorded once it has a
     clip."""
-    current = entry if callable(entry) else (lambda: entry)
-    plan_entry = current()
+    planned_entry = entry if callable(entry) else (lambda: entry)
     ep = bundle.episode
-    shot = ep.shot(plan_entry.shot_id)
     keys = EpisodeKeys(ep.key)
+    retake = read_retake(storage, keys, planned_entry().shot_id)
+
+    def current() -> ShotPlan:  # the plan entry in force, as a retake renders it
+        return retaken(planned_entry(), retake, backends.generative)
+
+    plan_entry = current()
+    shot = ep.shot(plan_entry.shot_id)
     if not force:
-        fingerprint = clip_fingerprint(shot, bundle.root, ep.format, plan_fields(plan_entry))
+        fingerprint = clip_fingerprint(shot, bundle.root, ep.format,
+                                       plan_fields(plan_entry, retake))
         cached = reusable_record(storage, keys, shot.id, fingerprint)
         if cached is not None:
             preview = (storage.get_bytes(keys.thumbnail(shot.id))
@@ -269,13 +309,15 @@ def render_clip(
                 budget_note = (f"budget: rendered on {plan_entry.backend_preference[0]} "
                                f"instead of {planned.backend_preference[0]} (the project's "
                                "GPU budget is spent; on_exceed: degrade)")
-        fingerprint = clip_fingerprint(shot, bundle.root, ep.format, plan_fields(plan_entry))
+        fingerprint = clip_fingerprint(shot, bundle.root, ep.format,
+                                       plan_fields(plan_entry, retake))
         prefs = list(plan_entry.backend_preference)
         job = ShotJob(shot, bundle.root, ep.format,
                       RenderSpec(prefs[0], float(plan_entry.target_fps),
                                  plan_entry.target_resolution, env.encoder),
                       thumbnail=thumb, segment_max_ms=plan_entry.segments.max_ms,
-                      run_id=run_id or "", cancel=cancel)
+                      run_id=run_id or "", cancel=cancel,
+                      take=retake.take if retake else 0, note=retake.note if retake else None)
         # The task id, status and slot travel as fields (JSON logs); the line stays short.
         log.info("%s starting on %s (slot %s)%s", shot.id, prefs[0], parallel_slot,
                  " [preview tier]" if stage == "preview" else "", extra={

@@ -156,6 +156,28 @@ def test_inserted_shot_renders_and_delivers_and_history_survives(
     assert (r := _run(d, "deliver_episode", instance, config, partition_key=EP)).success, r
 
 
+def test_a_second_delivery_of_an_unchanged_episode_reports_reused(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
+    """Both assets still materialize (and pass their checks), marked reused; the ZIP is the
+    very file the first run built."""
+    store, d = _planned(tmp_path, instance, config)
+    assert (r := _run(d, "render_clips", instance, config,
+                      tags=clip_range_tags(EP, ["S01", "S02"]))).success, r
+    runs = [_run(d, "deliver_episode", instance, config, partition_key=EP) for _ in range(2)]
+    assert all(r.success for r in runs), runs
+    for key in ("composite", "package_zip"):
+        mats = instance.fetch_materializations(dg.AssetKey(key), limit=2).records
+        reused = [m.asset_materialization.metadata["reused"].value  # type: ignore[union-attr]
+                  for m in reversed(mats)]
+        assert reused == [False, True], key
+    package = instance.fetch_materializations(dg.AssetKey("package_zip"), limit=1).records[0]
+    lineage = package.asset_materialization.metadata["lineage"].value  # type: ignore[union-attr]
+    assert lineage["run_id"] == runs[0].run_id  # type: ignore[index]
+    latest = instance.fetch_materializations(dg.AssetKey("composite"), limit=1).records[0]
+    assert latest.run_id == runs[1].run_id  # the second run did report the composite
+
+
 def test_inbox_sensor_registers_and_plans_once(tmp_path: Path, instance: dg.DagsterInstance,
                                                config: PipelineConfig) -> None:
     inbox = config.inbox[0]

@@ -122,15 +122,18 @@ def test_mixed_encoders_reencode(tmp_path: Path, audio: Path) -> None:
     assert result.reencode_reason == "clips made with different encoders"
 
 
-def test_clips_a_frame_short_are_extended_and_still_copied(tmp_path: Path,
-                                                           audio: Path) -> None:
+@pytest.mark.parametrize("verified", [False, True])
+def test_clips_a_frame_short_are_extended_and_still_copied(tmp_path: Path, audio: Path,
+                                                           verified: bool) -> None:
     """Shots of 1000, 1000 and 980 ms are 24 + 24 + 24 frames, but 2.98 s is 72 frames
-    (71.52): each shot's count is rounded on its own. A hold clip fills the gap."""
+    (71.52): each shot's count is rounded on its own. A hold clip fills the gap (made like
+    the clips: the copy of verified clips stays verified by its packets)."""
     clips = [make_clip(tmp_path / f"{i}.mp4", n) for i, n in enumerate((24, 24, 23))]
     out = tmp_path / "short.mp4"
-    result = _compose(clips, audio, out, 2980)
+    result = _compose(clips, audio, out, 2980, clips_verified=verified)
     assert result.expected_frames == 72 and result.video_frames == 72
     assert result.video_copied and result.reencode_reason is None
+    assert result.verified_by == ("packets" if verified else "decode")
     last_clip_frame = _gray_frame(clips[-1], 22).astype(float)
     held = _gray_frame(out, 71).astype(float)
     assert np.abs(held - last_clip_frame).mean() < 3  # the last picture, held
@@ -257,3 +260,132 @@ def test_filter_path_escapes_both_levels() -> None:
     assert comp.filter_path("/a/b.ass") == "/a/b.ass"
     assert comp.filter_path("C:/x.ass") == "C\\\\:/x.ass"
     assert comp.filter_path("it's,[x];") == "it\\\\\\'s\\,\\[x\\]\\;"
+
+
+# --------------------------------------------------------------------------- the mix, copied
+
+
+def _click_wav(path: Path, *, at_s: float, seconds: float = 2.0, rate: int = 48000) -> Path:
+    """Silence with one full-scale click at ``at_s``: where it lands shows the sync."""
+    samples = np.zeros(int(seconds * rate), dtype="<i2")
+    samples[int(at_s * rate)] = 32000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def _pcm(path: Path) -> np.ndarray:
+    raw = ff.run_stdout(["-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", "48000",
+                         "-f", "s16le", "-"], timeout=T)
+    return np.frombuffer(raw, dtype="<i2").astype(np.int32)
+
+
+def _frame_hashes(path: Path) -> list[str]:
+    """The MD5 of each decoded picture of ``path``'s video, in order."""
+    out = ff.run_stdout(["-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-"], timeout=T)
+    return [line.rsplit(",", 1)[-1].strip() for line in out.decode().splitlines()
+            if line and not line.startswith("#")]
+
+
+def test_the_mix_is_encoded_once_to_the_episode_and_copied_in_sync(tmp_path: Path) -> None:
+    """The mix (2 s, a click at 0.5 s) is encoded to a 2.75 s episode: padded exactly;
+    copied into a stream-copied composite, the click is still at 0.5 s (the encoder's
+    priming hidden by the edit list, not delayed), the audio plays exactly 2.75 s, and the
+    picture is the clips' pictures, frame for frame."""
+    mix = comp.encode_mix(_click_wav(tmp_path / "mix.wav", at_s=0.5), tmp_path / "mix.m4a",
+                          duration_ms=2750, timeout=T)
+    assert mix.duration_s == 2.75 and mix.size_bytes == (tmp_path / "mix.m4a").stat().st_size
+    clips = [make_clip(tmp_path / "a.mp4", 24), make_clip(tmp_path / "b.mp4", 12),
+             make_clip(tmp_path / "c.mp4", 30, source="color=c=blue")]
+    srt = tmp_path / "subs.srt"
+    srt.write_text(SRT, encoding="utf-8")
+    out = tmp_path / "ep.mp4"
+    result = _compose(clips, mix.path, out, 2750, srt=srt, subtitle_language="jpn",
+                      audio_encoded=True, clips_verified=True)
+    assert result.video_copied and result.audio_copied and result.verified_by == "packets"
+    assert result.video_frames == result.expected_frames == 66
+    assert [s.kind for s in result.streams] == ["video", "audio", "subtitle"]
+    pcm = _pcm(out)
+    assert len(pcm) == 2750 * 48  # exactly the episode, sample for sample
+    assert abs(int(np.argmax(np.abs(pcm))) - 24000) <= 48  # the click within 1 ms of 0.5 s
+    assert np.array_equal(pcm, _pcm(mix.path))  # a copy: the very samples of the mix
+    assert _frame_hashes(out) == [h for c in clips for h in _frame_hashes(c)]
+    assert comp.verify_mix(mix.path, duration_ms=2750, timeout=T) == 2.75
+    with pytest.raises(comp.CompositeVerificationError, match="expected 3.000 s"):
+        comp.verify_mix(mix.path, duration_ms=3000, timeout=T)
+
+
+def test_the_encoded_mix_is_resampled_to_48k_exactly(tmp_path: Path, audio: Path) -> None:
+    """An 8 kHz mono mix shorter than the episode: padded, resampled, the episode long."""
+    mix = comp.encode_mix(audio, tmp_path / "mix.m4a", duration_ms=2980, timeout=T)
+    assert mix.duration_s == 2.98
+    assert len(_pcm(mix.path)) == 2980 * 48
+
+
+def test_packet_verification_still_finds_what_a_decode_would(tmp_path: Path) -> None:
+    """Reading the packets instead of decoding still counts the video stream (not the
+    container), and a file cut short is never taken for a composite."""
+    out = tmp_path / "short_video.mp4"
+    ff.run(["-f", "lavfi", "-i", "color=c=gray:size=160x90:rate=24:duration=26",
+            "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "60",
+            "-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-c:a", "aac", "-b:a", "16k",
+            "-movflags", "+faststart", str(out)], timeout=T)
+    with pytest.raises(comp.CompositeVerificationError,
+                       match=r"624 frames \(26.000 s\), expected 1440"):
+        comp.verify_composite(out, duration_ms=60_000, delivery=DELIVERY, timeout=T,
+                              decode=False)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size * 2 // 3])
+    with pytest.raises(comp.CompositeVerificationError, match="cut short"):
+        comp.verify_composite(cut, duration_ms=26_000, delivery=DELIVERY, timeout=T,
+                              decode=False)
+
+
+def test_audio_of_the_wrong_length_fails_verification(tmp_path: Path) -> None:
+    out = tmp_path / "short_audio.mp4"
+    ff.run(["-f", "lavfi", "-i", "color=c=gray:size=160x90:rate=24:duration=2",
+            "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono:d=1.5",
+            "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(out)], timeout=T)
+    with pytest.raises(comp.CompositeVerificationError, match="its audio plays 1.500 s"):
+        comp.verify_composite(out, duration_ms=2000, delivery=DELIVERY, timeout=T)
+
+
+def test_clips_that_cannot_be_joined_by_a_copy_are_reencoded(tmp_path: Path,
+                                                             audio: Path) -> None:
+    """Same encoder name, but another time base: the headers say no to a copy."""
+    clips = [make_clip(tmp_path / "a.mp4", 24),
+             make_clip(tmp_path / "b.mp4", 24, extra=("-video_track_timescale", "12288"))]
+    result = _compose(clips, audio, tmp_path / "ep.mp4", 2000, clips_verified=True)
+    assert not result.video_copied and result.verified_by == "decode"
+    assert "time base" in (result.reencode_reason or "")
+    assert result.video_frames == 48
+
+
+def test_concat_compatibility(tmp_path: Path) -> None:
+    from anime_pipeline.media import mp4
+
+    same = [mp4.read_movie(make_clip(tmp_path / f"{i}.mp4", 12)) for i in range(2)]
+    assert comp.concat_compatibility(same, DELIVERY) == (None, True)
+    bigger = mp4.read_movie(make_clip(tmp_path / "big.mp4", 12, source="testsrc2",
+                                      extra=("-vf", "scale=320:180")))
+    reason, _ = comp.concat_compatibility([*same, bigger], DELIVERY)
+    assert reason and "320x180" in reason
+    other = mp4.read_movie(make_clip(tmp_path / "crf.mp4", 12,
+                                     extra=("-profile:v", "main", "-crf", "30")))
+    assert comp.concat_compatibility([*same, other], DELIVERY) == (None, False)
+
+
+def test_verified_clips_with_different_configurations_are_decoded(tmp_path: Path,
+                                                                  audio: Path) -> None:
+    """Copyable (the parameter sets go in band) but not byte-identical: a decode proves it."""
+    clips = [make_clip(tmp_path / "a.mp4", 24),
+             make_clip(tmp_path / "b.mp4", 24, extra=("-profile:v", "main"))]
+    result = _compose(clips, audio, tmp_path / "ep.mp4", 2000, clips_verified=True)
+    assert result.video_copied and result.verified_by == "decode"
+    assert _frame_hashes(tmp_path / "ep.mp4") == [h for c in clips for h in _frame_hashes(c)]

@@ -113,3 +113,25 @@ def test_fps_fraction() -> None:
     assert str(media.fps_fraction(23.976)) == "24000/1001"
     assert str(media.fps_fraction(29.97)) == "30000/1001"
     assert media.Delivery(1280, 720, 23.976).frames_for(1001) == 24
+
+
+def test_every_kind_of_clip_can_be_joined_by_a_stream_copy(keyframe: Path, footage: Path,
+                                                          tmp_path: Path) -> None:
+    """An animatic, a cut from footage and a placeholder slate, at different generation
+    rates and sizes, all conformed to one delivery: one codec configuration record byte for
+    byte, one time base, one frame duration, one aspect -- the composite copies them."""
+    from anime_pipeline.media import mp4
+    from anime_pipeline.media.composite import concat_compatibility
+    from anime_pipeline.media.slate import render_slate
+
+    animatic, cut, slate = tmp_path / "a.mp4", tmp_path / "c.mp4", tmp_path / "s.mp4"
+    media.render(media.animatic_args(keyframe, animatic, duration_ms=1250, move="push_in",
+                                     strength=0.5, gen=GEN_8FPS, delivery=DELIVERY), timeout=T)
+    media.render(media.source_clip_args(str(footage / "take.mp4"), cut, in_ms=500,
+                                        duration_ms=1000, gen=media.Generation(640, 360, 12),
+                                        delivery=DELIVERY), timeout=T)
+    render_slate(slate, shot_id="S09", shot_type="action", duration_ms=750, reason="test",
+                 delivery=DELIVERY, timeout=T)
+    movies = [mp4.read_movie(p) for p in (animatic, cut, slate)]
+    assert concat_compatibility(movies, DELIVERY) == (None, True)
+    assert [m.first("video").samples for m in movies] == [30, 24, 18]  # type: ignore[union-attr]

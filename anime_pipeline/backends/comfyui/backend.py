@@ -104,7 +104,8 @@ class ComfyBackend:
         servers: list[str] = []  # the server of each prompt (the last one tried on failure)
         parts: list[tuple[Path, bool]] = []
         start = job.episode_root / shot.keyframe
-        token = hashlib.sha256(f"{job.run_id}:{shot.id}:{job.attempt}".encode()).hexdigest()
+        token = hashlib.sha256(
+            f"{job.run_id}:{shot.id}:{job.attempt}:{job.take}".encode()).hexdigest()
         segments = self.segment_frames(job, fps)
         work = out.parent / f".{shot.id}-{token[:10]}"
         work.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ class ComfyBackend:
                 seed = int(hashlib.sha256(tag.encode()).hexdigest()[:8], 16)
                 values = {
                     "width": width, "height": height, "frames": want, "fps": fps,
-                    "seed": seed, "positive_prompt": positive_prompt(shot),
+                    "seed": seed, "positive_prompt": positive_prompt(shot, job.note),
                     "negative_prompt": self.template.negative_prompt,
                     "filename_prefix": f"anime_pipeline/{shot.id}_{tag}",
                 }
