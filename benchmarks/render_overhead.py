@@ -164,22 +164,27 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def event_rows(instance_home: Path, run_ids: list[str]) -> dict[str, tuple[int, int]]:
-    """(rows, bytes) per event type that ``run_ids`` wrote: their run shards and the index
-    shard (asset events are stored twice on SQLite: in the run's shard and in the index)."""
+def event_rows(instance_home: Path, run_ids: list[str],
+               since_id: int = 0) -> dict[str, tuple[int, int]]:
+    """(rows, bytes) per event type (and asset) that ``run_ids`` wrote: their run shards and
+    the index shard (asset events are stored twice on SQLite: in the run's shard and in the
+    index), with the events of no run (``report_runless_asset_event``) after ``since_id``."""
     runs = instance_home / "history" / "runs"
     out: dict[str, list[int]] = {}
     for name in [*run_ids, "index"]:
         db = runs / f"{name}.db"
         if not db.is_file():
             continue
-        where = "" if name != "index" else \
-            f" WHERE run_id IN ({','.join('?' * len(run_ids))})"
+        where, params = "", []
+        if name == "index":
+            where = (f" WHERE run_id IN ({','.join('?' * len(run_ids))}) OR "
+                     "(run_id = '' AND id > ?)")
+            params = [*run_ids, since_id]
         with sqlite3.connect(db) as conn:
             rows = conn.execute(
-                "SELECT coalesce(dagster_event_type, 'log message'), count(*), "
-                f"sum(length(event)) FROM event_logs{where} GROUP BY 1",
-                run_ids if name == "index" else []).fetchall()
+                "SELECT coalesce(dagster_event_type, 'log message') || coalesce(' ' || "
+                "asset_key, ''), count(*), "
+                f"sum(length(event)) FROM event_logs{where} GROUP BY 1", params).fetchall()
         for kind, count, size in rows:
             seen = out.setdefault(f"{kind}{' (index)' if name == 'index' else ''}", [0, 0])
             seen[0] += count
@@ -187,9 +192,14 @@ def event_rows(instance_home: Path, run_ids: list[str]) -> dict[str, tuple[int, 
     return {k: (v[0], v[1]) for k, v in sorted(out.items(), key=lambda kv: -kv[1][1])}
 
 
+def _last_index_id(instance_home: Path) -> int:
+    with sqlite3.connect(instance_home / "history" / "runs" / "index.db") as conn:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM event_logs").fetchone()[0])
+
+
 def print_rows(rows: dict[str, tuple[int, int]], indent: str = "    ") -> None:
     for kind, (count, size) in rows.items():
-        print(f"{indent}{kind:<44} {count:>6} rows {size / 1e6:>8.3f} MB")
+        print(f"{indent}{kind:<64} {count:>6} rows {size / 1e6:>8.3f} MB")
 
 
 # --------------------------------------------------------------------------- whole
@@ -277,9 +287,10 @@ def mode_rerender(args: argparse.Namespace) -> None:
         s0 = folder_bytes(env.instance_home)
         fresh, fresh_stages, first = _timed_render(env, instance, args.concurrency)
         s1 = folder_bytes(env.instance_home)
+        last_id = _last_index_id(env.instance_home)
         again, again_stages, second = _timed_render(env, instance, args.concurrency)
         s2 = folder_bytes(env.instance_home)
-        rows = event_rows(env.instance_home, list(second.run_ids.values()))
+        rows = event_rows(env.instance_home, list(second.run_ids.values()), last_id)
         # The UI's way: the clips job over the whole range, every clip current.
         resources = pipeline_resources(env.config, concurrency=args.concurrency)
         t0 = time.perf_counter()

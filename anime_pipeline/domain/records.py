@@ -110,6 +110,9 @@ class AudioManifest(Record):
     onsets_ms: list[int]
     energy: EnergyCurve
     shots: list[ShotAudio]
+    # sha256 of what the manifest was made from (the mix's bytes, the shot timeline, the
+    # analysis code and rate): the same inputs reuse it as it is. None: not reusable.
+    inputs_sha256: str | None = None
 
     def shot(self, shot_id: str) -> ShotAudio | None:
         return next((s for s in self.shots if s.shot_id == shot_id), None)
