@@ -5,9 +5,9 @@ renders its partition range with a bounded pool of ffmpeg processes, and reports
 it finishes — its materialization (with the clip's typed metadata and a preview) and its
 ``clip_rendered_as_planned`` check on its own partition, a warning when the clip is degraded
 or a placeholder slate. Clips that are current are reused and reported together, before
-anything renders, in one observation (:func:`reuse_observation`): their partitions keep the
-materialization and check of the run that rendered them. Across runs, ``clips`` steps take a
-slot of the ``gpu`` pool.
+anything renders, in one observation (:func:`reuse_observation`), with each one's check: their
+partitions keep the materialization of the run that rendered them. (The CLI does not even plan
+them in its clips run.) Across runs, ``clips`` steps take a slot of the ``gpu`` pool.
 """
 
 
@@ -89,6 +89,23 @@ def reuse_observation(report: ClipsReused) -> dg.AssetObservation:
         asset_key=CLIPS_KEY, metadata=reused_values(report),
         description=f"{report.episode_key}: {n} current clip{'s' * (n != 1)} reused as "
                     f"{'they are' if n != 1 else 'it is'} (not rendered again)")
+
+
+def _check(episode_key: str, outcome: clip_cases.ClipOutcome) -> dg.AssetCheckEvaluation:
+    return checks.evaluation(quality.clip_rendered_as_planned(outcome.record), asset="clips",
+                             partition=clip_key(episode_key, outcome.shot_id), warn=True)
+
+
+def _reused(episode_key: str, outcomes: Sequence[clip_cases.ClipOutcome]
+            ) -> Iterator[dg.AssetObservation | dg.AssetCheckEvaluation]:
+    """Reused clips in a run that planned them: one observation for all (first: the monitor
+    then knows they are no failed renders, whatever happens next), and each one's check on
+    its partition — the run planned it, and a check planned but not evaluated would show as
+    skipped. Their partitions keep the materialization of the run that rendered them."""
+    yield reuse_observation(ClipsReused(episode_key=episode_key,
+                                        shot_ids=[o.shot_id for o in outcomes]))
+    for outcome in outcomes:
+        yield _check(episode_key, outcome)
 
 
 def clip_materialization(outcome: clip_cases.ClipOutcome) -> dg.AssetMaterialization:
@@ -229,21 +246,17 @@ def clips(
                 for item in outcomes:
                     for new_plan in holder.drain():
                         yield _replanned(context, new_plan)
-                    if isinstance(item, clip_cases.ReusedClips):
-                        yield reuse_observation(ClipsReused(episode_key=episode_key,
-                                                            shot_ids=item.shot_ids))
-                        continue
                     if isinstance(item, clip_cases.PreviewReady):
                         yield _preview_cut(context, store, bundle, work, render_settings)
                         continue
-                    if item.cached:  # a staged shot's preview clip, still current
-                        yield reuse_observation(ClipsReused(episode_key=episode_key,
-                                                            shot_ids=[item.shot_id]))
+                    reused = item.outcomes if isinstance(item, clip_cases.ReusedClips) \
+                        else (item,) if item.cached else ()  # (a current preview clip)
+                    if reused:
+                        yield from _reused(episode_key, reused)
                         continue
+                    assert isinstance(item, clip_cases.ClipOutcome)
                     yield clip_materialization(item)
-                    yield checks.evaluation(
-                        quality.clip_rendered_as_planned(item.record), asset="clips",
-                        partition=clip_key(episode_key, item.shot_id), warn=True)
+                    yield _check(episode_key, item)
                 for new_plan in holder.drain():
                     yield _replanned(context, new_plan)
         stats = run.stats.as_dict()

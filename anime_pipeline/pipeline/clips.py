@@ -437,8 +437,8 @@ def render_clips(
     total = len(queue)
     done = 0
     if reused:
-        outcomes = tuple(ClipOutcome(reused[e.shot_id], True) for e in queue
-                         if e.shot_id in reused)
+        outcomes = tuple(ClipOutcome(reused[s], True) for s in dict.fromkeys(shot_ids)
+                         if s in reused)  # in the episode's order
         for outcome in outcomes:
             if stats is not None:
                 stats.add(outcome.record, cached=True)
