@@ -45,6 +45,7 @@ from anime_pipeline.settings import PipelineConfig
 from anime_pipeline.storage import EpisodeKeys, LocalStore, Storage
 
 PROGRESS_LOGGER = "anime_pipeline.progress"
+SHOTS_LOGGER = "anime_pipeline.shots"  # local shots' lines: printed here, not in the run log
 # The Dagster console logger prints stack frames for every failure; the CLI prints one line.
 SILENT_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 WAIT_REPORT_EVERY_S = 10.0
@@ -129,13 +130,15 @@ class _Progress(logging.Handler):
 @contextmanager
 def _progress(say: Callable[[str], None]) -> Iterator[None]:
     handler = _Progress(say)
-    logger = logging.getLogger(PROGRESS_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in (PROGRESS_LOGGER, SHOTS_LOGGER)]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 @contextmanager

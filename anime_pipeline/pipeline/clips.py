@@ -53,7 +53,12 @@ from anime_pipeline.pipeline.spend import Spend
 from anime_pipeline.runtime.policy import ExecutionPolicy, policy_record
 from anime_pipeline.storage import EpisodeKeys, RecordError, Storage, get_record, put_record
 
-log = logging.getLogger("anime_pipeline.progress")
+log = logging.getLogger("anime_pipeline.progress")  # the run's Dagster log, and the CLI
+# The per-shot lines of shots rendered on this machine: the CLI prints them, the run's event
+# log does not hold them (each line would be one more stored event, written under the event
+# log's lock while the next render waits to start; the clip's materialization and check say
+# it there). Shots on a farm, minutes each, keep their lines in the run's log.
+shot_log = logging.getLogger("anime_pipeline.shots")
 
 NVENC_VRAM_MB = 400  # what one NVENC encode session needs, roughly (checked before GPU encodes)
 # The plan values that shape a render: a change to any of them renders the shot again.
@@ -308,10 +313,11 @@ def render_clip(
                       thumbnail=thumb, segment_max_ms=plan_entry.segments.max_ms,
                       run_id=run_id or "", cancel=cancel)
         # The task id, status and slot travel as fields (JSON logs); the line stays short.
-        log.info("%s starting on %s (slot %s)%s", shot.id, prefs[0], parallel_slot,
-                 " [preview tier]" if stage == "preview" else "", extra={
-                     "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
-                     "parallel_slot": parallel_slot})
+        (log if prefs[0] in backends.generative else shot_log).info(
+            "%s starting on %s (slot %s)%s", shot.id, prefs[0], parallel_slot,
+            " [preview tier]" if stage == "preview" else "", extra={
+                "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
+                "parallel_slot": parallel_slot})
         try:
             outcome = render_shot(
                 job, out, backends=backends.renderers, backend_preference=prefs,
@@ -492,10 +498,11 @@ def _log_outcome(outcome: ClipOutcome, done: int, total: int) -> None:
     rec = outcome.record
     where = f", {rec.server}" if rec.server and not outcome.cached else ""
     stage = " [preview tier]" if rec.stage == "preview" else ""
-    log.info("[%d/%d] %s %s%s (%s%s, %.1fs)", done, total, outcome.shot_id, status, stage,
-             rec.backend, where, rec.render_seconds, extra={
-                 "clip_task_id": f"{rec.episode_key}/{rec.shot_id}", "clip_status": status,
-                 "parallel_slot": outcome.parallel_slot})
+    (log if rec.server else shot_log).info(
+        "[%d/%d] %s %s%s (%s%s, %.1fs)", done, total, outcome.shot_id, status, stage,
+        rec.backend, where, rec.render_seconds, extra={
+            "clip_task_id": f"{rec.episode_key}/{rec.shot_id}", "clip_status": status,
+            "parallel_slot": outcome.parallel_slot})
 
 
 def _log_reused(episode_key: str, outcomes: Sequence[ClipOutcome], total: int,
