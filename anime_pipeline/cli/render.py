@@ -22,10 +22,10 @@ from typing import Any, cast
 import dagster as dg
 from pydantic import BaseModel
 
-from anime_pipeline.defs.clips import USER_TAG
+from anime_pipeline.defs.clips import USER_TAG, reuse_observation
 from anime_pipeline.defs.partitions import clip_range_tags, register_partitions
 from anime_pipeline.defs.resources import LedgerResource, NotifierResource, pipeline_resources
-from anime_pipeline.domain.records import ClipStatus
+from anime_pipeline.domain.records import ClipsReused, ClipStatus
 from anime_pipeline.instance import (
     DRIVER_TAG,
     GPU_POOL,
@@ -37,14 +37,15 @@ from anime_pipeline.ledger import Ledger
 from anime_pipeline.logs import JsonFormatter, json_format
 from anime_pipeline.ops.notify import Notifier, run_failed_notification
 from anime_pipeline.pipeline import catalog
-from anime_pipeline.pipeline.clips import read_clip_records
+from anime_pipeline.pipeline.clips import read_clip_records, render_span, shots_to_render
 from anime_pipeline.pipeline.planning import read_compute_plan
-from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
+from anime_pipeline.pipeline.scheduling import CLIP_STATS_KEYS, CLIP_STATS_TAG, ClipStats
 from anime_pipeline.runtime import nvml
 from anime_pipeline.settings import PipelineConfig
 from anime_pipeline.storage import EpisodeKeys, LocalStore, Storage
 
 PROGRESS_LOGGER = "anime_pipeline.progress"
+SHOTS_LOGGER = "anime_pipeline.shots"  # local shots' lines: printed here, not in the run log
 # The Dagster console logger prints stack frames for every failure; the CLI prints one line.
 SILENT_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 WAIT_REPORT_EVERY_S = 10.0
@@ -129,13 +130,15 @@ class _Progress(logging.Handler):
 @contextmanager
 def _progress(say: Callable[[str], None]) -> Iterator[None]:
     handler = _Progress(say)
-    logger = logging.getLogger(PROGRESS_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in (PROGRESS_LOGGER, SHOTS_LOGGER)]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 @contextmanager
@@ -211,31 +214,45 @@ def render_episode(
     tags = {DRIVER_TAG: "cli", USER_TAG: user or _login(), **worker_tags()}
     clips_config = {"ops": {"clips": {"config": {"allow_rebalance": True}}}} \
         if allow_rebalance else {}
-    stages: list[tuple[str, str, dict[str, Any]]] = [
-        ("plan_episode", "planning", {"partition_key": ep.key}),
-        ("render_clips", f"rendering {len(shot_ids)} shots",
-         {"tags": clip_range_tags(ep.key, shot_ids), "run_config": clips_config}),
-        ("deliver_episode", "compositing and packaging", {"partition_key": ep.key}),
-    ]
     run_ids: dict[str, str] = {}
+
+    def stage(job_name: str, label: str, **kwargs: Any) -> None:
+        _say(f"{ep.key}: {label}...")
+        run_id = str(uuid.uuid4())
+        run_ids[job_name] = run_id
+        job = definitions.resolve_job_def(job_name)
+        with _watch_pool(instance, run_id, _say):
+            result = job.execute_in_process(
+                instance=instance, run_config={**SILENT_LOGS, **kwargs.pop("run_config", {})},
+                resources=resources,
+                raise_on_error=False, run_id=run_id,
+                tags={**tags, **kwargs.pop("tags", {})}, **kwargs)
+        if not result.success:
+            reason = failure_reason(result)
+            notify_failed(instance, notifier, book, job_name, run_id, ep.key, reason)
+            raise RenderFailed(job_name, run_id, reason)
+
     with _progress(_say):
-        for job_name, label, kwargs in stages:
-            _say(f"{ep.key}: {label}...")
-            run_id = str(uuid.uuid4())
-            run_ids[job_name] = run_id
-            job = definitions.resolve_job_def(job_name)
-            with _watch_pool(instance, run_id, _say):
-                result = job.execute_in_process(
-                    instance=instance, run_config={**SILENT_LOGS, **kwargs.pop("run_config", {})},
-                    resources=resources,
-                    raise_on_error=False, run_id=run_id,
-                    tags={**tags, **kwargs.pop("tags", {})}, **kwargs)
-            if not result.success:
-                reason = failure_reason(result)
-                notify_failed(instance, notifier, book, job_name, run_id, ep.key, reason)
-                raise RenderFailed(job_name, run_id, reason)
+        stage("plan_episode", "planning", partition_key=ep.key)
+        plan = read_compute_plan(store, ep.key)
+        # Only the shots that need a render are planned in the clips run (the span from the
+        # first to the last of them: a partition range); a current clip outside it is
+        # reported reused here, and with nothing to render there is no clips run at all.
+        todo, reused = shots_to_render(store, bundle, plan, shot_ids)
+        refused = plan.status == "rebalance_required" and not allow_rebalance
+        span = shot_ids if refused else render_span(shot_ids, todo)  # a refusal says why
+        outside = [s for s in shot_ids if s in reused and s not in set(span)]
+        if outside:
+            instance.report_runless_asset_event(reuse_observation(
+                ClipsReused(episode_key=ep.key, shot_ids=outside)))
+        if span:
+            current = f" ({len(reused)} current)" if reused else ""
+            stage("render_clips", f"rendering {len(todo)} shots{current}",
+                  tags=clip_range_tags(ep.key, span), run_config=clips_config)
+        else:
+            _say(f"{ep.key}: all {len(shot_ids)} clips are current: nothing to render")
+        stage("deliver_episode", "compositing and packaging", partition_key=ep.key)
     keys = EpisodeKeys(ep.key)
-    plan = read_compute_plan(store, ep.key)
     records = read_clip_records(store, bundle)
     placeholders = [s for s in shot_ids if records[s].status is ClipStatus.placeholder]
     degraded = [s for s in shot_ids if records[s].status is ClipStatus.degraded]
@@ -256,7 +273,7 @@ def render_episode(
                            segments=records[s].segments,
                            render_seconds=records[s].render_seconds,
                            reason=records[s].summary) for s in shot_ids],
-        clip_stats=_clip_stats(instance, run_ids.get("render_clips")),
+        clip_stats=_clip_stats(instance, run_ids.get("render_clips"), reused=len(outside)),
         run_ids=run_ids,
         instance=instance_home,
         pipeline_home=str(config.home),
@@ -293,10 +310,19 @@ def notify_failed(instance: dg.DagsterInstance, notifier: NotifierResource, ledg
             "run_failed notification of run %s not sent: %s: %s", run_id, type(e).__name__, e)
 
 
-def _clip_stats(instance: dg.DagsterInstance, run_id: str | None) -> dict[str, Any]:
+def _clip_stats(instance: dg.DagsterInstance, run_id: str | None, *,
+                reused: int = 0) -> dict[str, Any]:
+    """The clips run's ``clip_stats`` tag, with the current clips outside its range (reused
+    without a run) counted as cached; without a clips run, every clip was reused."""
     run = instance.get_run_by_id(run_id) if run_id else None
     raw = run.tags.get(CLIP_STATS_TAG) if run else None
-    return json.loads(raw) if raw else {}
+    if run_id is None:
+        stats = {k: v for k, v in ClipStats().as_dict().items() if k in CLIP_STATS_KEYS}
+    else:
+        stats = json.loads(raw) if raw else {}
+    if stats:
+        stats["cached"] = stats.get("cached", 0) + reused
+    return stats
 
 
 def _login() -> str:

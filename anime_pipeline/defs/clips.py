@@ -4,7 +4,10 @@ An episode's shots render in one run and one step (``BackfillPolicy.single_run()
 renders its partition range with a bounded pool of ffmpeg processes, and reports each clip as
 it finishes — its materialization (with the clip's typed metadata and a preview) and its
 ``clip_rendered_as_planned`` check on its own partition, a warning when the clip is degraded
-or a placeholder slate. Across runs, ``clips`` steps take a slot of the ``gpu`` pool.
+or a placeholder slate. Clips that are current are reused and reported together, before
+anything renders, in one observation (:func:`reuse_observation`), with each one's check: their
+partitions keep the materialization of the run that rendered them. (The CLI does not even plan
+them in its clips run.) Across runs, ``clips`` steps take a slot of the ``gpu`` pool.
 """
 
 
@@ -19,7 +22,7 @@ from pydantic import Field
 from anime_pipeline.backends.config import load_backends
 from anime_pipeline.budget import ComputePlan
 from anime_pipeline.defs import checks
-from anime_pipeline.defs.metadata import clip_values, image
+from anime_pipeline.defs.metadata import clip_values, image, reused_values
 from anime_pipeline.defs.partitions import clip_key, clip_partitions, shots_by_episode
 from anime_pipeline.defs.planning_assets import (
     ACTIVE_RUNS,
@@ -38,14 +41,14 @@ from anime_pipeline.defs.resources import (
 )
 from anime_pipeline.domain import checks as quality
 from anime_pipeline.domain.episode import EpisodeBundle
-from anime_pipeline.domain.records import ClipMetadata
+from anime_pipeline.domain.records import ClipMetadata, ClipsReused
 from anime_pipeline.instance import REFUSED_TAG, claim_run_worker
 from anime_pipeline.ledger import BudgetStatus, load_prices
 from anime_pipeline.media.ffmpeg import ffmpeg_info
 from anime_pipeline.ops.notify import check_budgets
 from anime_pipeline.pipeline import catalog, delivery, planning
 from anime_pipeline.pipeline import clips as clip_cases
-from anime_pipeline.pipeline.scheduling import CLIP_STATS_TAG
+from anime_pipeline.pipeline.scheduling import CLIP_STATS_KEYS, CLIP_STATS_TAG
 from anime_pipeline.pipeline.spend import BudgetRefused
 from anime_pipeline.runtime.monitor import StateStore
 from anime_pipeline.runtime.policy import policy_record
@@ -77,7 +80,35 @@ def refuse_unbalanced(context: dg.AssetExecutionContext, plan: ComputePlan,
             "allow_rebalance: true (`anime-pipeline render --allow-rebalance`)")
 
 
-def _materialization(outcome: clip_cases.ClipOutcome) -> dg.AssetMaterialization:
+def reuse_observation(report: ClipsReused) -> dg.AssetObservation:
+    """The clips of an episode that were current and reused: one observation for them all.
+    A reused clip is no new materialization (its partition keeps the one, and the check, of
+    the run that rendered it), and the event log does not grow with every re-render."""
+    n = len(report.shot_ids)
+    return dg.AssetObservation(
+        asset_key=CLIPS_KEY, metadata=reused_values(report),
+        description=f"{report.episode_key}: {n} current clip{'s' * (n != 1)} reused as "
+                    f"{'they are' if n != 1 else 'it is'} (not rendered again)")
+
+
+def _check(episode_key: str, outcome: clip_cases.ClipOutcome) -> dg.AssetCheckEvaluation:
+    return checks.evaluation(quality.clip_rendered_as_planned(outcome.record), asset="clips",
+                             partition=clip_key(episode_key, outcome.shot_id), warn=True)
+
+
+def _reused(episode_key: str, outcomes: Sequence[clip_cases.ClipOutcome]
+            ) -> Iterator[dg.AssetObservation | dg.AssetCheckEvaluation]:
+    """Reused clips in a run that planned them: one observation for all (first: the monitor
+    then knows they are no failed renders, whatever happens next), and each one's check on
+    its partition — the run planned it, and a check planned but not evaluated would show as
+    skipped. Their partitions keep the materialization of the run that rendered them."""
+    yield reuse_observation(ClipsReused(episode_key=episode_key,
+                                        shot_ids=[o.shot_id for o in outcomes]))
+    for outcome in outcomes:
+        yield _check(episode_key, outcome)
+
+
+def clip_materialization(outcome: clip_cases.ClipOutcome) -> dg.AssetMaterialization:
     record = outcome.record
     meta = clip_values(ClipMetadata.of(record, cached=outcome.cached))
     if outcome.thumbnail_jpeg:
@@ -218,18 +249,21 @@ def clips(
                     if isinstance(item, clip_cases.PreviewReady):
                         yield _preview_cut(context, store, bundle, work, render_settings)
                         continue
-                    yield _materialization(item)
-                    yield checks.evaluation(
-                        quality.clip_rendered_as_planned(item.record), asset="clips",
-                        partition=clip_key(episode_key, item.shot_id), warn=True)
+                    reused = item.outcomes if isinstance(item, clip_cases.ReusedClips) \
+                        else (item,) if item.cached else ()  # (a current preview clip)
+                    if reused:
+                        yield from _reused(episode_key, reused)
+                        continue
+                    assert isinstance(item, clip_cases.ClipOutcome)
+                    yield clip_materialization(item)
+                    yield _check(episode_key, item)
                 for new_plan in holder.drain():
                     yield _replanned(context, new_plan)
         stats = run.stats.as_dict()
         farms = run.farm_stats()
     context.instance.add_run_tags(context.run.run_id, {
         CLIP_STATS_TAG: json.dumps(
-            {k: stats[k] for k in ("clips", "mean_s", "p95_s", "max_s", "failed_attempts",
-                                   "degraded", "placeholders", "cached")}, sort_keys=True)})
+            {k: stats[k] for k in CLIP_STATS_KEYS}, sort_keys=True)})
     yield dg.AssetObservation(asset_key=CLIPS_KEY, metadata={
         "clip_stats": dg.MetadataValue.json(stats),
         "farms": dg.MetadataValue.json(farms),

@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+from pydantic import ValidationError
 
-from anime_pipeline.domain.records import ClipMetadata
+from anime_pipeline.domain.records import ClipMetadata, ClipsReused
+
+REUSED_CLIPS = "reused_clips"
 
 
 def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dg.MetadataValue:
@@ -35,3 +38,20 @@ def clip_values(meta: ClipMetadata) -> dict[str, Any]:
 def read_clip_metadata(metadata: Mapping[str, Any]) -> ClipMetadata | None:
     """The typed metadata of a clips materialization (None for other or older events)."""
     return ClipMetadata.from_values({k: getattr(v, "value", v) for k, v in metadata.items()})
+
+
+def reused_values(report: ClipsReused) -> dict[str, Any]:
+    """A reuse report as Dagster metadata: the typed record (JSON), and a count for the UI."""
+    return {REUSED_CLIPS: dg.MetadataValue.json(report.model_dump(mode="json")),
+            "clips_reused": len(report.shot_ids), "episode": report.episode_key}
+
+
+def read_reused(metadata: Mapping[str, Any]) -> ClipsReused | None:
+    """The reuse report in an observation's metadata (None for any other observation)."""
+    value = metadata.get(REUSED_CLIPS)
+    if value is None:
+        return None
+    try:
+        return ClipsReused.model_validate(getattr(value, "value", value))
+    except ValidationError:
+        return None

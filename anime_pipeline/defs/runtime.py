@@ -32,7 +32,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from anime_pipeline.defs.metadata import read_clip_metadata
+from anime_pipeline.defs.metadata import read_clip_metadata, read_reused
+from anime_pipeline.defs.partitions import clip_key
 from anime_pipeline.defs.resources import RuntimePolicyResource
 from anime_pipeline.domain.records import ClipMetadata
 from anime_pipeline.instance import GPU_POOL, REFUSED_TAG
@@ -295,11 +296,13 @@ def _planned_keys(data: Any) -> set[str]:
 
 @dataclass
 class RunClips:
-    """What one run did to a clips asset: the partitions it planned, and each of its
-    materializations (partition key, typed metadata or None when it is not a clip's)."""
+    """What one run did to a clips asset: the partitions it planned, each of its
+    materializations (partition key, typed metadata or None when it is not a clip's), and the
+    partitions whose current clip it reused (reported in one observation, not materialized)."""
 
     planned: set[str] = field(default_factory=set)
     materialized: list[tuple[str, ClipMetadata | None]] = field(default_factory=list)
+    reused: set[str] = field(default_factory=set)
 
     @property
     def touched(self) -> bool:
@@ -307,19 +310,19 @@ class RunClips:
 
     @property
     def unmaterialized(self) -> set[str]:
-        """Planned and never materialized: failed renders, when the run failed or was
-        canceled."""
-        return self.planned - {key for key, _ in self.materialized}
+        """Planned, never materialized and not reused: failed renders, when the run failed
+        or was canceled."""
+        return self.planned - {key for key, _ in self.materialized} - self.reused
 
 
 def run_clips(
     instance: dg.DagsterInstance, run_id: str, asset_key: dg.AssetKey = CLIPS_KEY
 ) -> RunClips:
-    """The planned and materialized partitions of ``asset_key`` in one run (its event records
-    of those two kinds only, page by page)."""
+    """The planned, materialized and reused partitions of ``asset_key`` in one run (its event
+    records of those three kinds only, page by page)."""
     out = RunClips()
     kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
-             dg.DagsterEventType.ASSET_MATERIALIZATION}
+             dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION}
     cursor = None
     while True:
         conn = instance.get_records_for_run(run_id, cursor=cursor, of_type=kinds)
@@ -329,6 +332,11 @@ def run_clips(
                 continue
             if ev.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
                 out.planned |= _planned_keys(ev.event_specific_data)
+                continue
+            if ev.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+                report = read_reused(ev.asset_observation_data.asset_observation.metadata)
+                if report is not None:
+                    out.reused |= {clip_key(report.episode_key, s) for s in report.shot_ids}
                 continue
             mat = ev.step_materialization_data.materialization
             key = str(mat.partition) if mat.partition else _UNPARTITIONED

@@ -12,7 +12,9 @@ from pathlib import Path
 import dagster as dg
 
 from anime_pipeline.defs.jobs import clips_job, delivery_job, plan_job
+from anime_pipeline.defs.metadata import read_reused
 from anime_pipeline.defs.partitions import (
+    clip_key,
     clip_range_tags,
     register_partitions,
     split_clip_key,
@@ -74,15 +76,22 @@ def episode_inbox_sensor(context: dg.SensorEvaluationContext, settings: Pipeline
 
 
 def materialized_by_run(instance: dg.DagsterInstance, run_id: str) -> dict[str, set[str]]:
-    """Asset name -> partition keys the run materialized."""
+    """Asset name -> partition keys the run materialized; for ``clips``, also the partitions
+    whose current clip it reused (one observation lists them): they are as done."""
     out: dict[str, set[str]] = defaultdict(set)
     cursor = None
+    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION}
     while True:
-        conn = instance.get_records_for_run(
-            run_id, cursor=cursor, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        conn = instance.get_records_for_run(run_id, cursor=cursor, of_type=kinds)
         for rec in conn.records:
             event = rec.event_log_entry.dagster_event
             if event is None or event.asset_key is None:
+                continue
+            if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+                report = read_reused(event.asset_observation_data.asset_observation.metadata)
+                if report is not None:
+                    out[event.asset_key.to_user_string()].update(
+                        clip_key(report.episode_key, s) for s in report.shot_ids)
                 continue
             out[event.asset_key.to_user_string()].add(event.partition or "")
         if not conn.has_more:

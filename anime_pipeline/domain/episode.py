@@ -8,9 +8,13 @@ Plain Python: no Dagster import. ``load_episode(folder)`` returns a validated
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import re
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -477,13 +481,44 @@ def _read_yaml(root: Path, name: str, limit: int, max_nodes: int, problems: list
         refuse(f"not UTF-8 text ({e.reason} at byte {e.start})")
         return None
     try:
-        data = load_yaml(text, max_nodes=max_nodes)
+        data = _parse_yaml(raw, text, max_nodes)
     except YamlRefused as e:
         problems.append(Problem(name, e.path, e.message))
         return None
     if not isinstance(data, dict):
         refuse("must be a mapping at the top level")
         return None
+    return data
+
+
+_PARSED: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+_PARSED_LOCK = threading.Lock()
+PARSED_KEPT = 8  # documents remembered per process
+
+
+def _parse_yaml(raw: bytes, text: str, max_nodes: int) -> Any:
+    """``load_yaml(text)``, parsed once per process for the same bytes.
+
+    A render loads its episode in every stage (register, each planning asset, clips,
+    composite, package); only the first parses it. The document is remembered by the sha256
+    of the file's bytes (and the node limit), so a changed file — new content, whatever its
+    size or times — is always parsed again, and a refused one is never remembered. Each call
+    gets its own copy (a pickle of what was parsed: far cheaper than parsing, and no caller
+    can change what another one reads). Everything after the parse (the contract, the files
+    it names) is validated on every load."""
+    key = (hashlib.sha256(raw).digest(), max_nodes)
+    with _PARSED_LOCK:
+        blob = _PARSED.get(key)
+        if blob is not None:
+            _PARSED.move_to_end(key)
+    if blob is not None:
+        return pickle.loads(blob)  # our own bytes, made below in this process
+    data = load_yaml(text, max_nodes=max_nodes)
+    blob = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+    with _PARSED_LOCK:
+        _PARSED[key] = blob
+        while len(_PARSED) > PARSED_KEPT:
+            _PARSED.popitem(last=False)
     return data
 
 

@@ -20,7 +20,8 @@ record                     stored at (``tenant/project/episode/...``)           
 :class:`ClipMetadata` is what the Dagster UI shows for one clip partition. It has one writer
 (:meth:`ClipMetadata.of`) and one reader (:meth:`ClipMetadata.from_values`); the cost history
 of the budgeter and the runtime monitor's failure rate both read clip materializations through
-it.
+it. A reused clip is no new materialization: :class:`ClipsReused` reports the reused shots of
+an episode in one observation.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class AudioManifest(Record):
     onsets_ms: list[int]
     energy: EnergyCurve
     shots: list[ShotAudio]
+    # sha256 of what the manifest was made from (the mix's bytes, the shot timeline, the
+    # analysis code and rate): the same inputs reuse it as it is. None: not reusable.
+    inputs_sha256: str | None = None
 
     def shot(self, shot_id: str) -> ShotAudio | None:
         return next((s for s in self.shots if s.shot_id == shot_id), None)
@@ -299,6 +303,17 @@ class ClipMetadata(_ClipState, Record):
             return cls.model_validate(dict(values))
         except ValidationError:
             return None
+
+
+class ClipsReused(Record):
+    """A report of the ``clips`` asset (an observation, not a materialization): these shots of
+    one episode had a current clip, which was reused as it is. The partition keeps the
+    materialization (and check) of the run that rendered it; the readers of render history
+    (monitor, metrics) count these shots as reused, never as renders or failures. One writer
+    and one reader (``defs.metadata``)."""
+
+    episode_key: str
+    shot_ids: list[str]
 
 
 # --------------------------------------------------------------------------- delivery

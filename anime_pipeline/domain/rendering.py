@@ -31,7 +31,7 @@ from anime_pipeline.domain.contracts import (
     tier_height,
 )
 from anime_pipeline.domain.episode import Format, Shot
-from anime_pipeline.domain.package import sha256_file
+from anime_pipeline.domain.filehash import FILE_HASHES, FileHashes
 from anime_pipeline.domain.records import ClipStatus, RenderAttempt, Usage
 
 log = logging.getLogger("anime_pipeline.render")
@@ -276,12 +276,15 @@ def render_shot(
 
 
 def clip_fingerprint(
-    shot: Shot, episode_root: Path, delivery: Format, plan_fields: Mapping[str, Any]
+    shot: Shot, episode_root: Path, delivery: Format, plan_fields: Mapping[str, Any],
+    hashes: FileHashes = FILE_HASHES,
 ) -> str:
     """Hash of everything that determines a clip: re-rendering is skipped when it matches.
 
     ``plan_fields``: the shot's plan values that shape the render (fps, resolution, backends,
-    retries, ladder, segments).
+    retries, ladder, segments). The shot's local files (keyframe, footage) are hashed through
+    ``hashes``: once per process while a file is unchanged (:mod:`~anime_pipeline.domain.
+    filehash`).
     """
     h = hashlib.sha256()
     h.update(json.dumps({
@@ -292,6 +295,6 @@ def clip_fingerprint(
     }, sort_keys=True, default=str).encode())
     for rel in (shot.keyframe, shot.source.uri if shot.source else None):
         if rel and not rel.lower().startswith(("http://", "https://")):
-            p = episode_root / rel
-            h.update(sha256_file(p).encode() if p.is_file() else b"missing")
+            digest = hashes.sha256(episode_root / rel)
+            h.update(digest.encode() if digest is not None else b"missing")
     return h.hexdigest()

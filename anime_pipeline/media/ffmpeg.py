@@ -942,8 +942,10 @@ def verify_clip(path: str | Path, *, expected_frames: int, width: int, height: i
     """Check that ``path`` is a whole clip: decode its video stream to the end and compare
     frame count, size and rate; refuse decode errors and a trivially small file.
 
-    ``timeout`` bounds the whole verification. Raises :class:`ClipVerificationError` with
-    every problem found.
+    One ffmpeg run does it all: the header it prints describes the streams (as :func:`probe`
+    reads them), the decode (as :func:`count_video_frames` does it) counts the frames and
+    reports errors. ``timeout`` bounds the whole verification. Raises
+    :class:`ClipVerificationError` with every problem found.
     """
     p = Path(path)
     deadline = time.monotonic() + _check_timeout(timeout)
@@ -953,40 +955,48 @@ def verify_clip(path: str | Path, *, expected_frames: int, width: int, height: i
     if size < min_bytes:
         raise ClipVerificationError(
             f"clip {p} is {size} bytes: too small to be a video clip (at least {min_bytes})", p)
-    try:
+    cmd = [ffmpeg_binary(), "-hide_banner", "-nostdin", *LEVEL_TAGS, "-nostats",
+           "-progress", "pipe:1", "-stats_period", "5", "-threads", "1",
+           "-skip_loop_filter", "all", *input_args(p),
+           "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-"]
+    code, out, stderr = _exec(cmd, timeout=_remaining(deadline, p), what=f"verifying {p}",
+                              want_stdout=True)
+    text = _untag(stderr)
+    if "Input #0" in text:
+        info = _parse_header(str(p), text)
+    elif code != 0:
+        raise ClipVerificationError(
+            f"clip {p} is not readable media: cannot read media {p}: {_summary(stderr, 2)}",
+            p, cmd, text)
+    else:  # the header scrolled out of the kept stderr (a flood of errors): read it alone
         info = probe(p, timeout=_remaining(deadline, p))
-    except FfmpegTimeout:
-        raise
-    except FfmpegError as e:
-        raise ClipVerificationError(f"clip {p} is not readable media: {e}", p, e.cmd,
-                                    e.stderr) from e
     video = info.first("video")
     if video is None:
         raise ClipVerificationError(f"clip {p} has no video stream", p)
+    if code != 0:
+        raise ClipVerificationError(
+            f"clip {p}: cannot decode the video of {p}: {_summary(stderr, 3)}", p, cmd, text)
     problems: list[str] = []
     if (video.width, video.height) != (width, height):
         problems.append(f"frame size {video.width}x{video.height}, expected {width}x{height}")
     if not fps_matches(video.fps, fps):
         problems.append(f"frame rate {video.fps}, expected {fps:g}")
-    try:
-        decoded = count_video_frames(p, timeout=_remaining(deadline, p))
-    except FfmpegTimeout:
-        raise
-    except FfmpegError as e:
-        raise ClipVerificationError(f"clip {p}: {e}", p, e.cmd, e.stderr) from e
-    if decoded.frames != expected_frames:
-        problems.append(f"{decoded.frames} video frames decoded, expected {expected_frames}")
-    if decoded.errors:
-        shown = "; ".join(decoded.errors[:3])
-        more = f" (+{len(decoded.errors) - 3} more)" if len(decoded.errors) > 3 else ""
+    counted = re.findall(r"^frame=(\d+)", out.decode("utf-8", "replace"), re.M)
+    frames = int(counted[-1]) if counted else 0
+    errors = [_untag(s) for s in _lines(stderr) if _ERROR_LEVEL_RE.search(s)]
+    if frames != expected_frames:
+        problems.append(f"{frames} video frames decoded, expected {expected_frames}")
+    if errors:
+        shown = "; ".join(errors[:3])
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
         problems.append(f"decode errors: {shown}{more}")
     if problems:
         raise ClipVerificationError(f"clip {p} failed verification: " + "; ".join(problems),
-                                    p, stderr="\n".join(decoded.errors))
+                                    p, stderr="\n".join(errors))
     return ClipProbe(
-        path=str(p), frames=decoded.frames, width=width, height=height,
+        path=str(p), frames=frames, width=width, height=height,
         fps=float(video.fps or fps), codec=video.codec, size_bytes=size,
-        duration_s=round(decoded.frames / fps, 6),
+        duration_s=round(frames / fps, 6),
     )
 
 

@@ -23,7 +23,9 @@ scrape, bounded.
   reused): it counts in ``anime_pipeline_clips_total`` under its status (``ok``, ``degraded``,
   ``placeholder`` — a slate stood in) and in ``anime_pipeline_clip_render_seconds`` (labels
   ``backend`` and ``status`` as recorded). A reused clip is no render: it counts only in
-  ``anime_pipeline_clips_reused_total``.
+  ``anime_pipeline_clips_reused_total``, read from the ``clips`` observations that report
+  reused clips (one per step or CLI render, listing the shots) and from the older
+  materializations whose metadata says ``cached``.
 * ``failed``: a partition a run planned and never materialized, when that run failed or was
   canceled after it had started (counted when the run's end is read; the same rule as the
   monitor's failure rate, :func:`~anime_pipeline.defs.runtime.failed_renders`).
@@ -65,7 +67,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from anime_pipeline.defs.metadata import read_clip_metadata
+from anime_pipeline.defs.metadata import read_clip_metadata, read_reused
 from anime_pipeline.defs.partitions import CLIPS, RANGE_END_TAG, RANGE_START_TAG
 from anime_pipeline.defs.runtime import CLIPS_KEY, failed_renders, run_clips
 from anime_pipeline.instance import GPU_POOL
@@ -290,7 +292,9 @@ class PipelineCollector(Collector):
         self.ended: Counter[tuple[str, str]] = Counter()
         self.usage: defaultdict[tuple[str, str, str, str], float] = defaultdict(float)
         self.streams = [Stream("clips", self._fetch_clips, _record_id, self._apply_clip,
-                               IdTail(margin))]
+                               IdTail(margin)),
+                        Stream("clips_reused", self._fetch_clip_observations, _record_id,
+                               self._apply_reused, IdTail(margin))]
         for event_type, status in RUN_ENDS:
             self.streams.append(Stream(
                 f"runs_{status}", self._run_end_fetcher(event_type), _record_id,
@@ -305,6 +309,16 @@ class PipelineCollector(Collector):
     def _fetch_clips(self, after: int, limit: int) -> Sequence[Any]:
         flt = dg.AssetRecordsFilter(asset_key=self.clips_key, after_storage_id=after or None)
         return self.instance.fetch_materializations(flt, limit=limit, ascending=True).records
+
+    def _fetch_clip_observations(self, after: int, limit: int) -> Sequence[Any]:
+        flt = dg.AssetRecordsFilter(asset_key=self.clips_key, after_storage_id=after or None)
+        return self.instance.fetch_observations(flt, limit=limit, ascending=True).records
+
+    def _apply_reused(self, record: Any) -> None:
+        obs = record.asset_observation
+        report = read_reused(obs.metadata) if obs is not None else None
+        if report is not None:
+            self.reused += len(report.shot_ids)
 
     def _apply_clip(self, record: Any) -> None:
         mat = record.asset_materialization

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -53,7 +53,12 @@ from anime_pipeline.pipeline.spend import Spend
 from anime_pipeline.runtime.policy import ExecutionPolicy, policy_record
 from anime_pipeline.storage import EpisodeKeys, RecordError, Storage, get_record, put_record
 
-log = logging.getLogger("anime_pipeline.progress")
+log = logging.getLogger("anime_pipeline.progress")  # the run's Dagster log, and the CLI
+# The per-shot lines of shots rendered on this machine: the CLI prints them, the run's event
+# log does not hold them (each line would be one more stored event, written under the event
+# log's lock while the next render waits to start; the clip's materialization and check say
+# it there). Shots on a farm, minutes each, keep their lines in the run's log.
+shot_log = logging.getLogger("anime_pipeline.shots")
 
 NVENC_VRAM_MB = 400  # what one NVENC encode session needs, roughly (checked before GPU encodes)
 # The plan values that shape a render: a change to any of them renders the shot again.
@@ -230,12 +235,42 @@ def reusable_record(storage: Storage, keys: EpisodeKeys, shot_id: str,
 
 def current_clip(storage: Storage, bundle: EpisodeBundle, entry: ShotPlan) -> bool:
     """Whether the shot's stored clip is current for ``entry`` (it would be reused)."""
+    return entry.shot_id in reusable_clips(storage, bundle, [entry])
+
+
+def reusable_clips(storage: Storage, bundle: EpisodeBundle,
+                   entries: Iterable[ShotPlan]) -> dict[str, ClipRecord]:
+    """The stored record of each entry whose clip is current for it, so reused as it is: one
+    fingerprint (the shot's files hashed once per process while unchanged) and one record
+    read per shot."""
     ep = bundle.episode
     keys = EpisodeKeys(ep.key)
-    retake = read_retake(storage, keys, entry.shot_id)
-    fp = clip_fingerprint(ep.shot(entry.shot_id), bundle.root, ep.format,
-                          plan_fields(entry, retake))
-    return reusable_record(storage, keys, entry.shot_id, fp) is not None
+    shots = {s.id: s for s in ep.shots}
+    out: dict[str, ClipRecord] = {}
+    for entry in entries:
+        retake = read_retake(storage, keys, entry.shot_id)  # a rejected shot's new take
+        fp = clip_fingerprint(shots[entry.shot_id], bundle.root, ep.format,
+                              plan_fields(entry, retake))
+        record = reusable_record(storage, keys, entry.shot_id, fp)
+        if record is not None:
+            out[entry.shot_id] = record
+    return out
+
+
+def render_span(shot_ids: Sequence[str], todo: Sequence[str]) -> list[str]:
+    """The shots of ``shot_ids`` (an episode's, in order) from the first to the last of
+    ``todo``: the one contiguous range that holds every shot to render (empty: none)."""
+    wanted = set(todo)
+    at = [i for i, s in enumerate(shot_ids) if s in wanted]
+    return list(shot_ids[at[0]:at[-1] + 1]) if at else []
+
+
+def shots_to_render(storage: Storage, bundle: EpisodeBundle, plan: ComputePlan,
+                    shot_ids: Sequence[str]) -> tuple[list[str], dict[str, ClipRecord]]:
+    """Which of ``shot_ids`` need a render under ``plan`` (in the given order), and the
+    current record of every other one (reused as it is)."""
+    reused = reusable_clips(storage, bundle, render_order(plan, shot_ids))
+    return [s for s in dict.fromkeys(shot_ids) if s not in reused], reused
 
 
 def preview_entry(entry: ShotPlan) -> ShotPlan:
@@ -319,10 +354,11 @@ def render_clip(
                       run_id=run_id or "", cancel=cancel,
                       take=retake.take if retake else 0, note=retake.note if retake else None)
         # The task id, status and slot travel as fields (JSON logs); the line stays short.
-        log.info("%s starting on %s (slot %s)%s", shot.id, prefs[0], parallel_slot,
-                 " [preview tier]" if stage == "preview" else "", extra={
-                     "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
-                     "parallel_slot": parallel_slot})
+        (log if prefs[0] in backends.generative else shot_log).info(
+            "%s starting on %s (slot %s)%s", shot.id, prefs[0], parallel_slot,
+            " [preview tier]" if stage == "preview" else "", extra={
+                "clip_task_id": f"{ep.key}/{shot.id}", "clip_status": "started",
+                "parallel_slot": parallel_slot})
         try:
             outcome = render_shot(
                 job, out, backends=backends.renderers, backend_preference=prefs,
@@ -364,6 +400,19 @@ def render_clip(
 
 
 # --------------------------------------------------------------------------- many shots
+
+
+@dataclass(frozen=True)
+class ReusedClips:
+    """Yielded first by :func:`render_clips` (when there are any): the shots whose stored
+    clip is current, reused as they are; nothing renders for them."""
+
+    episode_key: str
+    outcomes: tuple[ClipOutcome, ...]
+
+    @property
+    def shot_ids(self) -> list[str]:
+        return [o.shot_id for o in self.outcomes]
 
 
 @dataclass(frozen=True)
@@ -411,26 +460,42 @@ def render_clips(
     shot_ids: Sequence[str], *, backends: Backends, env: RenderEnvironment, work_dir: Path,
     force: bool = False, run_id: str | None = None, slots: Slots | None = None,
     cancel: threading.Event | None = None, stats: ClipStats | None = None,
-    spend: Spend | None = None,
-) -> Iterator[ClipOutcome | PreviewReady]:
+    spend: Spend | None = None, reused: Mapping[str, ClipRecord] | None = None,
+) -> Iterator[ClipOutcome | PreviewReady | ReusedClips]:
     """Render ``shot_ids``, critical and opening shots first; yield each clip as it finishes
     (and :class:`PreviewReady` between the stages of a staged plan). Without ``slots``,
     ``env.local_concurrency`` shots at a time.
+
+    Unless ``force``, the shots whose clip is current are found first (``reused``, when the
+    caller already knows them: :func:`reusable_clips`) and yielded at once as one
+    :class:`ReusedClips`; only the others render. (A staged shot whose final clip is current
+    needs no preview either.)
 
     Threads suffice: every render is a subprocess or a wait on a server. A fatal error (disk
     full) or a stop of the caller sets ``cancel``: what has not started never starts, and
     prompts on a farm are interrupted and taken off its queue.
     """
     holder = plan if isinstance(plan, PlanHolder) else PlanHolder(plan)
-
-    def final_current(e: ShotPlan) -> bool:
-        return not force and current_clip(storage, bundle, e)
-
-    phases = stage_phases(holder.plan, shot_ids, final_current)
+    queue = render_order(holder.plan, shot_ids)  # refuses shots the plan does not hold
+    if force:
+        reused = {}
+    elif reused is None:
+        reused = reusable_clips(storage, bundle, queue)
+    total = len(queue)
+    done = 0
+    if reused:
+        outcomes = tuple(ClipOutcome(reused[s], True) for s in dict.fromkeys(shot_ids)
+                         if s in reused)  # in the episode's order
+        for outcome in outcomes:
+            if stats is not None:
+                stats.add(outcome.record, cached=True)
+        done = len(outcomes)
+        _log_reused(bundle.episode.key, outcomes, total)
+        yield ReusedClips(bundle.episode.key, outcomes)
+    phases = stage_phases(holder.plan, [e.shot_id for e in queue if e.shot_id not in reused])
+    total = done + sum(len(entries) for _, entries in phases)
     cancel = cancel or threading.Event()
     workers = MAX_CONCURRENCY if slots else env.local_concurrency
-    total = sum(len(entries) for _, entries in phases)
-    done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip") as pool:
         for number, (stage, entries) in enumerate(phases):
             fixed = {e.shot_id for e in entries if stage == "preview" and e.preview}
@@ -474,10 +539,23 @@ def _log_outcome(outcome: ClipOutcome, done: int, total: int) -> None:
     rec = outcome.record
     where = f", {rec.server}" if rec.server and not outcome.cached else ""
     stage = " [preview tier]" if rec.stage == "preview" else ""
-    log.info("[%d/%d] %s %s%s (%s%s, %.1fs)", done, total, outcome.shot_id, status, stage,
-             rec.backend, where, rec.render_seconds, extra={
-                 "clip_task_id": f"{rec.episode_key}/{rec.shot_id}", "clip_status": status,
-                 "parallel_slot": outcome.parallel_slot})
+    (log if rec.server else shot_log).info(
+        "[%d/%d] %s %s%s (%s%s, %.1fs)", done, total, outcome.shot_id, status, stage,
+        rec.backend, where, rec.render_seconds, extra={
+            "clip_task_id": f"{rec.episode_key}/{rec.shot_id}", "clip_status": status,
+            "parallel_slot": outcome.parallel_slot})
+
+
+def _log_reused(episode_key: str, outcomes: Sequence[ClipOutcome], total: int,
+                shown: int = 12) -> None:
+    """One line for every reused clip (not one per shot: a re-render of 2,000 current shots
+    says so once)."""
+    ids = [o.shot_id for o in outcomes]
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    log.info("[%d/%d] %d current clip(s) reused: %s%s", len(ids), total, len(ids),
+             ", ".join(ids[:shown]), more, extra={
+                 "clip_task_id": f"{episode_key}/*", "clip_status": "cached",
+                 "parallel_slot": 0})
 
 
 def render_episode_clips(
@@ -490,6 +568,8 @@ def render_episode_clips(
     for item in render_clips(storage, bundle, plan, shot_ids, **kwargs):
         if isinstance(item, ClipOutcome):
             last[item.shot_id] = item
+        elif isinstance(item, ReusedClips):
+            last.update((o.shot_id, o) for o in item.outcomes)
     return sorted(last.values(), key=lambda o: order.get(o.shot_id, len(order)))
 
 
@@ -514,24 +594,25 @@ class ClipsRun:
     def render(self, storage: Storage, bundle: EpisodeBundle, plan: ComputePlan,
                shot_ids: Sequence[str], *, work_dir: Path, force: bool = False,
                replan: Callable[[], ComputePlan] | None = None,
-               ) -> tuple[PlanHolder, Iterator[ClipOutcome | PreviewReady]]:
-        """The episode's renders, and the plan holder (its ``drain()`` gives the plans made
+               ) -> tuple[PlanHolder, Iterator[ClipOutcome | PreviewReady | ReusedClips]]:
+        """The episode's renders (:func:`render_clips`: the reused clips first, as one
+        :class:`ReusedClips`), and the plan holder (its ``drain()`` gives the plans made
         mid-run when the policy changed). With a ledger, the project's budget is checked
-        first: :class:`~anime_pipeline.pipeline.spend.BudgetRefused` is raised here, before
-        anything renders, when the project refuses."""
+        first, for the shots that will render: :class:`~anime_pipeline.pipeline.spend.
+        BudgetRefused` is raised here, before anything renders, when the project refuses."""
+        reused = {} if force else reusable_clips(storage, bundle, render_order(plan, shot_ids))
         spend = None
         if self.ledger is not None:
             spend = Spend.for_episode(self.ledger, bundle.episode.key,
                                       run_id=self.run_id or "", user=self.user,
                                       prices=self.prices, on_recorded=self.on_recorded)
-            spend.before_render(plan, shot_ids,
-                                reused=lambda e: not force and current_clip(storage, bundle, e))
+            spend.before_render(plan, shot_ids, reused=lambda e: e.shot_id in reused)
         holder = PlanHolder(plan, revision=self.revision, replan=replan,
                             poll_s=self.replan_poll_s)
         return holder, render_clips(
             storage, bundle, holder, shot_ids, backends=self.backends, env=self.env,
             work_dir=work_dir, force=force, run_id=self.run_id, slots=self.slots,
-            cancel=self.cancel, stats=self.stats, spend=spend)
+            cancel=self.cancel, stats=self.stats, spend=spend, reused=reused)
 
     def farm_stats(self) -> dict[str, dict[str, Any]]:
         return {farm.name: farm.stats() for farm in self.backends.farms}

@@ -26,6 +26,9 @@ from anime_pipeline.domain.records import ClipRecord, ClipStatus
 
 MAX_CONCURRENCY = 6
 CLIP_STATS_TAG = "anime_pipeline/clip_stats"  # the run tag a clips run records its stats in
+# What that tag holds (of ClipStats.as_dict()).
+CLIP_STATS_KEYS = ("clips", "mean_s", "p95_s", "max_s", "failed_attempts", "degraded",
+                   "placeholders", "cached")
 SETTINGS_FILE = "render_settings.json"
 POLL_S = 2.0
 

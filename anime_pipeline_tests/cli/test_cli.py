@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from anime_pipeline.cli import main
+from anime_pipeline.defs.metadata import read_reused
 from anime_pipeline.settings import default_home, instance_home, project_root
 from anime_pipeline_tests.conftest import minimal_episode
 
@@ -120,11 +121,16 @@ def test_kill_9_during_clips_then_the_next_render_finishes(tmp_path: Path) -> No
         clips_run = report["run_ids"]["render_clips"]
         mats = [e for e in instance.all_logs(clips_run,
                                              of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)]
-        cached = {e.dagster_event.partition.rsplit("/", 1)[1]  # type: ignore[union-attr]
-                  for e in mats
-                  if e.dagster_event.event_specific_data.materialization  # type: ignore[union-attr]
-                  .metadata["cached"].value}
-        assert finished <= cached  # what finished before the kill is not rendered again
+        rendered = {e.dagster_event.partition.rsplit("/", 1)[1]  # type: ignore[union-attr]
+                    for e in mats}
+        observed = instance.fetch_observations(dg.AssetKey("clips"), limit=20).records
+        reports = [read_reused(r.asset_observation.metadata) for r in observed
+                   if r.asset_observation is not None]
+        reused = {s for r in reports if r is not None for s in r.shot_ids}
+        # What finished before the kill is not rendered again: reported reused, once.
+        assert finished <= reused and not finished & rendered
+        assert reused | rendered == {f"S{i:02d}" for i in range(1, 7)}
+        assert report["clip_stats"]["cached"] == len(reused)
 
 
 @pytest.fixture

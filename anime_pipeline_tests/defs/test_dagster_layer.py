@@ -16,6 +16,7 @@ from anime_pipeline.cli.render import SILENT_LOGS, failure_reason
 from anime_pipeline.definitions import defs
 from anime_pipeline.defs.clips import clips as clips_asset
 from anime_pipeline.defs.delivery_assets import composite
+from anime_pipeline.defs.metadata import read_reused
 from anime_pipeline.defs.partitions import (
     CLIPS,
     clip_range_tags,
@@ -28,6 +29,7 @@ from anime_pipeline.defs.planning_assets import (
     shot_plan,
 )
 from anime_pipeline.defs.resources import pipeline_resources
+from anime_pipeline.defs.runtime import clip_render_stats, run_clips
 from anime_pipeline.defs.sensors import episode_flow_sensor, episode_inbox_sensor
 from anime_pipeline.instance import (
     WORKER_HOST_TAG,
@@ -176,6 +178,63 @@ def test_a_second_delivery_of_an_unchanged_episode_reports_reused(
     assert lineage["run_id"] == runs[0].run_id  # type: ignore[index]
     latest = instance.fetch_materializations(dg.AssetKey("composite"), limit=1).records[0]
     assert latest.run_id == runs[1].run_id  # the second run did report the composite
+
+
+@pytest.mark.slow
+def test_a_clips_run_over_current_clips_reports_them_reused_once(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig
+) -> None:
+    """The UI's Materialize over an episode whose clips are all current: nothing renders, no
+    materialization or check evaluation per shot; one observation lists the reused shots;
+    every partition keeps the materialization of the run that rendered it, and its check is
+    evaluated again on it (the run planned it: not evaluated, it would show as skipped); the
+    monitor counts no render and no failure; the episode flows on to delivery."""
+    _, d = _planned(tmp_path, instance, config)
+    tags = clip_range_tags(EP, ["S01", "S02"])
+    first = _run(d, "render_clips", instance, config, tags=tags)
+    assert first.success, first
+    again = _run(d, "render_clips", instance, config, tags=tags)
+    assert again.success, again
+    kinds = [e.event_type_value for e in again.result.all_events]
+    assert "ASSET_MATERIALIZATION" not in kinds
+    assert kinds.count("ASSET_CHECK_EVALUATION") == 2  # the checks it planned: evaluated
+    reports = [read_reused(e.event_specific_data.asset_observation.metadata)  # type: ignore[union-attr]
+               for e in again.result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert [r.shot_ids for r in reports if r is not None] == [["S01", "S02"]]
+    latest = {r.partition_key: r.run_id for r in
+              instance.fetch_materializations(dg.AssetKey("clips"), limit=10).records}
+    assert latest == {f"{EP}/S01": first.run_id, f"{EP}/S02": first.run_id}
+    status = instance.get_status_by_partition(
+        dg.AssetKey("clips"), episode_clip_keys(instance, EP),
+        dg.DynamicPartitionsDefinition(name=CLIPS))
+    assert set((status or {}).values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+    key = dg.AssetCheckKey(dg.AssetKey("clips"), "clip_rendered_as_planned")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    latest_checks = {h.partition: h for h in reversed(history)}  # newest last
+    assert {p: (h.run_id, h.status.value) for p, h in latest_checks.items()} == {
+        f"{EP}/{s}": (again.run_id, "SUCCEEDED") for s in ("S01", "S02")}
+    seen = run_clips(instance, again.run_id)
+    assert seen.reused == {f"{EP}/S01", f"{EP}/S02"} and not seen.unmaterialized
+    stats = clip_render_stats(instance, since=0)
+    assert stats.runs == 2 and stats.succeeded == 2 and stats.failed == 0
+    [deliver] = _flow(instance, config, again.run_id)
+    assert deliver.job_name == "deliver_episode" and deliver.partition_key == EP
+
+
+def test_a_planning_run_parses_the_episode_once(
+    tmp_path: Path, instance: dg.DagsterInstance, config: PipelineConfig,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registering and the three planning assets each load the episode: one parse."""
+    from anime_pipeline.domain import episode as episode_module
+
+    parsed: list[str] = []
+    real = episode_module.load_yaml
+    monkeypatch.setattr(episode_module, "_PARSED", type(episode_module._PARSED)())
+    monkeypatch.setattr(episode_module, "load_yaml",
+                        lambda text, **kw: parsed.append(text) or real(text, **kw))
+    _planned(tmp_path, instance, config)
+    assert parsed == [(tmp_path / "ep99" / "episode.yaml").read_text("utf-8")]
 
 
 def test_inbox_sensor_registers_and_plans_once(tmp_path: Path, instance: dg.DagsterInstance,

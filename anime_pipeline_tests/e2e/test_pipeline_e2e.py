@@ -14,8 +14,9 @@ import yaml
 
 from anime_pipeline.cli import main
 from anime_pipeline.cli.render import render_episode
+from anime_pipeline.defs.metadata import read_reused
 from anime_pipeline.domain.package import sha256_file, verify_package
-from anime_pipeline.domain.records import ClipRecord, PackageManifest
+from anime_pipeline.domain.records import ClipRecord, ClipsReused, PackageManifest
 from anime_pipeline.media.ffmpeg import probe
 from anime_pipeline.sample import write_sample_episode
 from anime_pipeline.settings import PipelineConfig
@@ -44,6 +45,14 @@ def module_env(rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dic
     monkeypatch.setenv("ANIME_PIPELINE_STORAGE", str(rendered["root"] / "artifacts"))
     monkeypatch.setenv("ANIME_PIPELINE_HOME", str(rendered["root"] / "home"))
     return rendered
+
+
+def reuse_reports(instance: dg.DagsterInstance) -> list[ClipsReused]:
+    """Every reuse report of the clips asset on ``instance``, oldest first."""
+    records = instance.fetch_observations(dg.AssetKey("clips"), limit=100).records
+    found = [read_reused(r.asset_observation.metadata) for r in reversed(records)
+             if r.asset_observation is not None]
+    return [r for r in found if r is not None]
 
 
 def test_render_reports_paths(rendered: dict[str, Any]) -> None:
@@ -134,28 +143,39 @@ def test_materializations_per_shot_with_metadata(rendered: dict[str, Any]) -> No
 
 
 def test_rerender_reuses_unchanged_clips(module_env: dict[str, Any]) -> None:
-    """Re-running skips every clip whose inputs did not change; a changed shot re-renders."""
+    """Re-running renders only the changed shot: the clips run plans and materializes its
+    partition alone. Every current clip is reused as it is and reported once, in one
+    observation; its partition keeps the materialization of the run that rendered it."""
     rendered = module_env
     instance = rendered["instance"]
     folder: Path = rendered["folder"]
     store = rendered["store"]
+    clips = dg.AssetKey("clips")
     before = {s: store.fetch(EpisodeKeys(EP).clip(s)).stat().st_mtime_ns
               for s in ("S01", "S02")}
     doc = yaml.safe_load((folder / "episode.yaml").read_text("utf-8"))
     camera = doc["shots"][0].setdefault("camera", {"move": "static"})
     camera["strength"] = round(float(camera.get("strength", 0.3)) + 0.05, 2)
     (folder / "episode.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
-    render_episode(folder, config=rendered["config"], instance=instance, concurrency=2)
-    records = instance.fetch_materializations(dg.AssetKey("clips"), limit=12).records
-    cached = {r.partition_key.rsplit("/", 1)[1]:  # type: ignore[union-attr]
-              r.asset_materialization.metadata["cached"].value  # type: ignore[union-attr]
-              for r in records}
-    assert sum(cached.values()) >= 10  # all but the edited shot(s)
-    changed = [s for s, c in cached.items() if not c]
-    assert changed == ["S01"]
+    report = render_episode(folder, config=rendered["config"], instance=instance, concurrency=2)
+    run_id = report.run_ids["render_clips"]
+    planned = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    assert [e.dagster_event.partition for e in planned  # type: ignore[union-attr]
+            if e.dagster_event.asset_key == clips] == [f"{EP}/S01"]  # type: ignore[union-attr]
+    mats = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    [mat] = [e.asset_materialization for e in mats]
+    assert mat is not None and mat.partition == f"{EP}/S01"
+    assert mat.metadata["cached"].value is False
+    [reused] = reuse_reports(instance)
+    assert reused.episode_key == EP
+    assert reused.shot_ids == [f"S{i:02d}" for i in range(2, 13)]
+    assert report.clip_stats["clips"] == 1 and report.clip_stats["cached"] == 11
+    latest = {r.partition_key: r.run_id for r in
+              instance.fetch_materializations(clips, limit=50).records}
+    assert latest[f"{EP}/S02"] == rendered["result"].run_ids["render_clips"]  # still its own
     assert store.fetch(EpisodeKeys(EP).clip("S02")).stat().st_mtime_ns == before["S02"]
     assert store.fetch(EpisodeKeys(EP).clip("S01")).stat().st_mtime_ns != before["S01"]
-    assert verify_package(Path(rendered["result"].package)) == []
+    assert verify_package(Path(report.package)) == []
 
 
 def test_cli_render_json(module_env: dict[str, Any], capsys: pytest.CaptureFixture[str],
@@ -169,10 +189,18 @@ def test_cli_render_json(module_env: dict[str, Any], capsys: pytest.CaptureFixtu
     out = json.loads(capsys.readouterr().out)
     assert out["episode_key"] == EP and out["composite"].endswith("composite/ep01.mp4")
     assert out["instance"] == str(home) and out["placeholder_shots"] == []
+    # Every clip is current (rendered by the module's render): no clips run at all, and the
+    # reuse of all 12 is reported in one observation.
+    assert "render_clips" not in out["run_ids"]
+    assert out["clip_stats"]["cached"] == 12 and out["clip_stats"]["clips"] == 0
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert instance.get_runs_count() == 3
+        assert instance.get_runs_count() == 2
         runs = instance.get_runs()
         assert all(r.tags["anime_pipeline/driver"] == "cli" for r in runs)
+        assert {r.job_name for r in runs} == {"plan_episode", "deliver_episode"}
+        [reused] = reuse_reports(instance)
+        assert len(reused.shot_ids) == 12
+        assert not instance.fetch_materializations(dg.AssetKey("clips"), limit=5).records
 
 
 def test_asset_checks_pass_and_are_recorded(rendered: dict[str, Any]) -> None:

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from anime_pipeline.defs.metadata import clip_values
+from anime_pipeline.defs.metadata import clip_values, reused_values
 from anime_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
-from anime_pipeline.domain.records import ClipMetadata, ClipStatus
+from anime_pipeline.domain.records import ClipMetadata, ClipsReused, ClipStatus
 from anime_pipeline.ledger import Ledger, ProjectBudget, UsageEntry
 from anime_pipeline.ledger.records import Unit
 from anime_pipeline.ops.metrics import FAMILIES, IdTail, PipelineCollector
@@ -71,9 +71,26 @@ DEFS = dg.Definitions(assets=[dying_clips, shot_plan], jobs=[
 ])
 
 
-def failed_render(instance: dg.DagsterInstance, first: str, last: str) -> str:
-    """A real render_clips run over ``first..last`` that materializes one clip, then dies."""
-    job = DEFS.resolve_job_def("render_clips")
+@dg.multi_asset(name="clips", specs=[dg.AssetSpec("clips", partitions_def=CLIP_PARTS)],
+                partitions_def=CLIP_PARTS, can_subset=True,
+                backfill_policy=dg.BackfillPolicy.single_run())
+def reusing_then_dying_clips(context: dg.AssetExecutionContext) -> Iterator[dg.AssetObservation]:
+    """Like the real step: reports the first shot's current clip reused; then dies."""
+    first = context.partition_keys[0]
+    yield dg.AssetObservation(asset_key="clips", metadata=reused_values(
+        ClipsReused(episode_key=EP, shot_ids=[first.rsplit("/", 1)[1]])))
+    raise RuntimeError("out of memory")
+
+
+REUSING = dg.Definitions(assets=[reusing_then_dying_clips], jobs=[
+    dg.define_asset_job("render_clips", selection=[reusing_then_dying_clips])])
+
+
+def failed_render(instance: dg.DagsterInstance, first: str, last: str,
+                  defs: dg.Definitions = DEFS) -> str:
+    """A real render_clips run over ``first..last`` that materializes one clip (or reports
+    one reused), then dies."""
+    job = defs.resolve_job_def("render_clips")
     result = job.execute_in_process(
         instance=instance, raise_on_error=False,
         tags={RANGE_START_TAG: f"{EP}/{first}", RANGE_END_TAG: f"{EP}/{last}"})
@@ -164,6 +181,15 @@ def test_clip_renders_failures_and_reuse(instance: dg.DagsterInstance) -> None:
     assert value(s, "metrics_caught_up") == 1
     assert value(s, "metrics_source_up", source="instance") == 1
     assert value(s, "gpus") == 0 and P + "gpu_memory_used_bytes" not in names(s)
+    # Reuse reports (one observation for many shots), in a run or outside any run; a reused
+    # clip is no failed render when its run dies after it.
+    instance.report_runless_asset_event(dg.AssetObservation(asset_key="clips", metadata=(
+        reused_values(ClipsReused(episode_key=EP, shot_ids=["S01", "S02"])))))
+    failed_render(instance, "S03", "S05", REUSING)  # S03 reused, S04 and S05 failed
+    s = scrape(PipelineCollector(instance, gpu_query=no_gpu))
+    assert value(s, "clips_reused_total") == 4
+    assert value(s, "clips_total", status="failed") == 4
+    assert value(s, "runs", dagster_job="render_clips", status="failure") == 2
 
 
 def test_reads_only_new_events_and_restarts_to_the_same_values(

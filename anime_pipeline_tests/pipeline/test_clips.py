@@ -90,6 +90,42 @@ def test_renders_verifies_records_and_reuses(planned: Planned) -> None:
     assert not any(o.cached for o in forced.values())  # type: ignore[attr-defined]
 
 
+def test_current_clips_are_found_once_and_reported_together(
+        planned: Planned, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-render of current clips reads each record once and yields
+    the reused clips first, as one ReusedClips, in the episode's order; nothing renders."""
+    from anime_pipeline.pipeline import clips as clip_cases
+
+    _render(planned)
+    reads: list[str] = []
+    real = clip_cases.get_record
+    monkeypatch.setattr(clip_cases, "get_record",
+                        lambda store, key, model: reads.append(key) or real(store, key, model))
+    monkeypatch.setattr(clip_cases, "render_clip", None)  # would fail if anything rendered
+    with planned.store.scratch() as work:
+        items = list(clip_cases.render_clips(planned.store, planned.bundle, planned.plan,
+                                             planned.shot_ids, backends=local_backends(),
+                                             env=ENV, work_dir=work))
+    [reused] = items
+    assert isinstance(reused, clip_cases.ReusedClips)
+    assert reused.shot_ids == planned.shot_ids and all(o.cached for o in reused.outcomes)
+    assert sorted(reads) == sorted(EpisodeKeys(planned.bundle.episode.key).clip_record(s)
+                                   for s in planned.shot_ids)
+    todo, current = clip_cases.shots_to_render(planned.store, planned.bundle, planned.plan,
+                                               planned.shot_ids)
+    assert todo == [] and set(current) == set(planned.shot_ids)
+
+
+def test_the_render_span_holds_every_shot_to_render() -> None:
+    from anime_pipeline.pipeline.clips import render_span
+
+    shots = ["S01", "S02", "S03", "S04", "S05"]
+    assert render_span(shots, []) == []
+    assert render_span(shots, ["S03"]) == ["S03"]
+    assert render_span(shots, ["S04", "S02"]) == ["S02", "S03", "S04"]
+    assert render_span(shots, shots) == shots
+
+
 def test_retry_then_ok(planned: Planned) -> None:
     flaky = Flaky(failures=1)
     out = _render(planned, Backends({"animatic": flaky}, SlateBackend()))
