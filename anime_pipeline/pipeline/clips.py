@@ -24,7 +24,7 @@ from anime_pipeline.backends.comfyui.templates import load_template
 from anime_pipeline.backends.config import BackendsConfig
 from anime_pipeline.budget import ComputePlan, ShotPlan, get_ladder
 from anime_pipeline.budget.sla import PRIORITY_RANK
-from anime_pipeline.domain.contracts import NVENC_ENCODER, SOFTWARE_ENCODER
+from anime_pipeline.domain.contracts import LOCAL_BACKENDS, NVENC_ENCODER, SOFTWARE_ENCODER
 from anime_pipeline.domain.episode import EpisodeBundle
 from anime_pipeline.domain.package import sha256_file
 from anime_pipeline.domain.records import ClipRecord, ClipStatus, PolicyRecord, Retake
@@ -200,13 +200,14 @@ def read_retake(storage: Storage, keys: EpisodeKeys, shot_id: str) -> Retake | N
         return None
 
 
-def retaken(entry: ShotPlan, retake: Retake | None, generative: set[str]) -> ShotPlan:
+def retaken(entry: ShotPlan, retake: Retake | None,
+            generative: set[str] | frozenset[str] | None = None) -> ShotPlan:
     """The plan entry of a retake: a shot on a local backend moves to the plan's next local
     candidate (``take`` steps along them, round the list); a generative one keeps its tier (its
     new seed and the note make the new take)."""
-    if retake is None or entry.backend_preference[0] in generative:
-        return entry
-    local = [c for c in entry.candidates if c.backend not in generative]
+    if retake is None or entry.backend_preference[0] not in LOCAL_BACKENDS:
+        return entry  # a generative shot: its new seed and the note make the new take
+    local = [c for c in entry.candidates if c.backend in LOCAL_BACKENDS]
     if len(local) < 2:
         return entry
     here = next((i for i, c in enumerate(local) if (c.fps, c.resolution, c.backend) == (
@@ -250,7 +251,7 @@ def reusable_clips(storage: Storage, bundle: EpisodeBundle,
     for entry in entries:
         retake = read_retake(storage, keys, entry.shot_id)  # a rejected shot's new take
         fp = clip_fingerprint(shots[entry.shot_id], bundle.root, ep.format,
-                              plan_fields(entry, retake))
+                              plan_fields(retaken(entry, retake), retake))
         record = reusable_record(storage, keys, entry.shot_id, fp)
         if record is not None:
             out[entry.shot_id] = record

